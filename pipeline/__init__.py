@@ -1,0 +1,39 @@
+"""Batch vision and text jobs on the Anthropic Messages API: a table in, Parquet out.
+
+The CLI (``pipeline``) is the main surface; this is the library behind it.
+"""
+
+from pipeline.errors import (
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    ImageError,
+    InputError,
+    OutputError,
+    PermanentApiError,
+    PipelineError,
+    RetryableApiError,
+    RowError,
+    SpecError,
+)
+from pipeline.runner import RunOptions, RunOutcome, run_job
+from pipeline.spec import JobSpec, load_job
+
+__all__ = [
+    "ApiError",
+    "ConfigError",
+    "FatalApiError",
+    "ImageError",
+    "InputError",
+    "JobSpec",
+    "OutputError",
+    "PermanentApiError",
+    "PipelineError",
+    "RetryableApiError",
+    "RowError",
+    "RunOptions",
+    "RunOutcome",
+    "SpecError",
+    "load_job",
+    "run_job",
+]

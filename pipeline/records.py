@@ -1,0 +1,90 @@
+"""Frozen records passed between the pipeline's stages. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Status = Literal["ok", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the API reports them (missing or null fields count as 0)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One ``tool_use`` block; ``input_json`` is the tool input serialised as JSON text."""
+
+    id: str
+    name: str
+    input_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful Messages API answer, reduced to what the output keeps."""
+
+    model: str
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    stop_reason: str | None
+    usage: Usage
+    message_id: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A reply plus how it was obtained."""
+
+    reply: Reply
+    attempts: int
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input row. ``index`` is its position in the input; ``values`` are its cells as read."""
+
+    index: int
+    row_id: str
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one row: a reply, or an error with its type and message."""
+
+    row: Row
+    status: Status
+    finished_at: datetime
+    fingerprint: str
+    reply: Reply | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a run did, folded from its results."""
+
+    rows_total: int = 0
+    rows_ok: int = 0
+    rows_error: int = 0
+    rows_skipped: int = 0
+    errors_by_type: Mapping[str, int] = field(default_factory=dict)
+    usage: Usage = Usage()
+    requests_sent: int = 0
+    retries: int = 0
+    wall_s: float = 0.0

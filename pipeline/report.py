@@ -1,0 +1,60 @@
+"""Renders a run's ``Summary`` as a human line block or as JSON. Pure; printing is the CLI's job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.records import Summary
+
+
+def summary_dict(summary: Summary, *, output: str, exit_code: int) -> dict[str, Any]:
+    """The machine-readable summary (``--json``)."""
+    usage = summary.usage
+    return {
+        "output": output,
+        "exit_code": exit_code,
+        "rows": {
+            "total": summary.rows_total,
+            "ok": summary.rows_ok,
+            "error": summary.rows_error,
+            "skipped": summary.rows_skipped,
+        },
+        "errors_by_type": dict(sorted(summary.errors_by_type.items())),
+        "tokens": {
+            "input": usage.input_tokens,
+            "output": usage.output_tokens,
+            "cache_creation_input": usage.cache_creation_input_tokens,
+            "cache_read_input": usage.cache_read_input_tokens,
+        },
+        "requests_sent": summary.requests_sent,
+        "retries": summary.retries,
+        "wall_s": round(summary.wall_s, 3),
+    }
+
+
+def summary_json(summary: Summary, *, output: str, exit_code: int) -> str:
+    """``summary_dict`` as one line of JSON."""
+    return json.dumps(summary_dict(summary, output=output, exit_code=exit_code), sort_keys=False)
+
+
+def summary_text(summary: Summary, *, output: str) -> str:
+    """A few lines for people: counts, errors by type, tokens, speed, where the results are."""
+    done = summary.rows_ok + summary.rows_error
+    rate = done / summary.wall_s if summary.wall_s > 0 else 0.0
+    lines = [
+        f"{done} rows sent: {summary.rows_ok} ok, {summary.rows_error} error"
+        f" ({summary.rows_skipped} already done, skipped) in {summary.wall_s:.1f}s ({rate:.1f} rows/s)",
+    ]
+    if summary.errors_by_type:
+        parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
+        lines.append(f"errors by type: {parts}")
+    usage = summary.usage
+    tokens = f"tokens: {usage.input_tokens} input, {usage.output_tokens} output"
+    if usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
+        tokens += (
+            f", {usage.cache_creation_input_tokens} cache write, {usage.cache_read_input_tokens} cache read"
+        )
+    lines.append(f"{tokens}; {summary.requests_sent} requests, {summary.retries} retries")
+    lines.append(f"results: {output}")
+    return "\n".join(lines)

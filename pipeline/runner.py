@@ -1,0 +1,325 @@
+"""Runs a job: a producer streams rows into a bounded queue, N workers send them, every result is journalled.
+
+Owns: back-pressure (a bounded queue and a bounded number of rows being prepared), skipping rows
+already done, turning a row's failure into an error result, stopping the run on a fatal API error,
+and folding the journal into ``results.parquet`` however the run ends. Builds, parses and formats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from pipeline.build import build_payload, estimate_input_tokens
+from pipeline.client import ClientConfig, MessagesClient
+from pipeline.errors import ApiError, FatalApiError, RowError
+from pipeline.images import ImagePolicy, PreparedImage, prepare_image
+from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
+from pipeline.records import Result, Row, Sent, Summary, Usage
+from pipeline.sources import describe_cell, load_image
+from pipeline.spec import JobSpec, RequestSpec, template_fields
+from pipeline.wire import MessagePayload
+from pipeline.writer import Journal, ResultStore, output_schema
+
+log = logging.getLogger("pipeline.run")
+
+# Above this many images in one request every image must fit 2000 px (reference §3).
+MANY_IMAGES = 20
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Where a run reads, writes and sends; resolved by the CLI from the job and its flags."""
+
+    base_url: str
+    api_key: str
+    input: str
+    output: Path
+    limit: int | None = None
+    fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended. ``fatal`` holds the reason when an API error stopped it."""
+
+    summary: Summary
+    output: Path
+    results_rows: int
+    fatal: FatalApiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    row: Row
+    payload: MessagePayload
+    input_tokens: int
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Running counts for the summary and the progress line."""
+
+    to_do: int = 0
+    skipped: int = 0
+    ok: int = 0
+    error: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation: int = 0
+    cache_read: int = 0
+
+    def add(self, result: Result) -> None:
+        if result.status == "ok":
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors_by_type[result.error_type or "unknown"] += 1
+        if result.reply is not None:
+            usage = result.reply.usage
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+            self.cache_creation += usage.cache_creation_input_tokens
+            self.cache_read += usage.cache_read_input_tokens
+
+
+class _Recorder:
+    """Journals each result the moment it exists, so a crash loses only requests in flight."""
+
+    def __init__(self, journal: Journal, fingerprint: str) -> None:
+        self.journal = journal
+        self.fingerprint = fingerprint
+        self.tally = _Tally()
+
+    def ok(self, row: Row, sent: Sent) -> None:
+        self._record(
+            Result(
+                row=row,
+                status="ok",
+                finished_at=datetime.now(UTC),
+                fingerprint=self.fingerprint,
+                reply=sent.reply,
+                attempts=sent.attempts,
+                latency_ms=round(sent.latency_ms, 1),
+            )
+        )
+
+    def error(self, row: Row, error_type: str, message: str, attempts: int) -> None:
+        self._record(
+            Result(
+                row=row,
+                status="error",
+                finished_at=datetime.now(UTC),
+                fingerprint=self.fingerprint,
+                attempts=attempts,
+                error_type=error_type,
+                error_message=message,
+            )
+        )
+
+    def _record(self, result: Result) -> None:
+        self.journal.append([result])
+        self.tally.add(result)
+
+
+def needed_columns(request: RequestSpec) -> dict[str, str]:
+    """Input columns the job reads, each with what reads it (for the missing-column message)."""
+    needed = {name: "request.prompt" for name in template_fields(request.prompt)}
+    if request.system is not None:
+        needed.update(
+            {name: "request.system" for name in template_fields(request.system) if name not in needed}
+        )
+    needed.update({name: "request.images" for name in request.images if name not in needed})
+    return needed
+
+
+def open_job_input(spec: JobSpec, input_pattern: str) -> InputTable:
+    """Open the job's input and check that every column it uses is there."""
+    return open_input(input_pattern, id_column=spec.id_column, needed=needed_columns(spec.request))
+
+
+async def run_job(
+    spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+) -> RunOutcome:
+    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole."""
+    started = time.monotonic()
+    request = spec.request
+    fingerprint = request.fingerprint()
+    store = ResultStore(options.output)
+    store.prepare()
+    if options.fresh:
+        store.start_fresh()
+    else:
+        store.compact()  # folds in what an earlier, interrupted run journalled
+    table = open_job_input(spec, options.input)
+    done = store.done_row_ids(fingerprint)
+    journal = store.new_journal(output_schema(table.arrow_schema))
+    recorder = _Recorder(journal, fingerprint)
+    limits = spec.limits
+    config = ClientConfig(
+        base_url=options.base_url,
+        api_key=options.api_key,
+        auth=spec.api.auth,
+        anthropic_version=spec.api.anthropic_version,
+        timeout_s=limits.timeout_s,
+        max_attempts=limits.max_attempts,
+        concurrency=limits.concurrency,
+        requests_per_minute=limits.requests_per_minute,
+        input_tokens_per_minute=limits.input_tokens_per_minute,
+        output_tokens_per_minute=limits.output_tokens_per_minute,
+    )
+    fatal: FatalApiError | None = None
+    client = MessagesClient(config, transport=transport)
+    try:
+        async with client:
+            try:
+                await _Run(table, done, request, client, recorder).pump(options.limit)
+            except* FatalApiError as group:
+                first = group.exceptions[0]
+                assert isinstance(first, FatalApiError)
+                fatal = first
+    finally:
+        journal.close()
+        results_rows = store.compact()
+    tally = recorder.tally
+    summary = Summary(
+        rows_total=tally.to_do + tally.skipped,
+        rows_ok=tally.ok,
+        rows_error=tally.error,
+        rows_skipped=tally.skipped,
+        errors_by_type=dict(tally.errors_by_type),
+        usage=Usage(tally.input_tokens, tally.output_tokens, tally.cache_creation, tally.cache_read),
+        requests_sent=client.requests_sent,
+        retries=client.retries,
+        wall_s=time.monotonic() - started,
+    )
+    return RunOutcome(summary=summary, output=options.output, results_rows=results_rows, fatal=fatal)
+
+
+class _Run:
+    """One run's moving parts: the input, the client, the recorder and the queue between them."""
+
+    def __init__(
+        self,
+        table: InputTable,
+        done: set[str],
+        request: RequestSpec,
+        client: MessagesClient,
+        recorder: _Recorder,
+    ) -> None:
+        self.table = table
+        self.done = done
+        self.request = request
+        self.client = client
+        self.recorder = recorder
+        self.policy = ImagePolicy(max_edge=request.image_max_edge)
+        self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=max(4, 2 * client.config.concurrency))
+        # rows being read or encoded at once: enough to keep both the CPU and the senders busy
+        self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
+
+    async def pump(self, limit: int | None) -> None:
+        """Produce and send every row; returns when all are recorded, raises on a fatal API error."""
+        async with asyncio.TaskGroup() as group:
+            workers = [group.create_task(self._send_loop()) for _ in range(self.client.config.concurrency)]
+            reporter = group.create_task(_report_progress(self.recorder.tally))
+            await self._produce(limit)
+            for _ in workers:
+                await self.queue.put(None)
+            await asyncio.gather(*workers)
+            reporter.cancel()
+
+    async def _produce(self, limit: int | None) -> None:
+        """Stream rows into the queue; image rows are prepared concurrently, a bounded number at a time."""
+        tally = self.recorder.tally
+        rows = iter_rows(self.table, limit=limit)
+        async with asyncio.TaskGroup() as preparing:
+            # reading a batch of the table is blocking I/O: do it in a thread
+            while (batch := await asyncio.to_thread(_next_batch, rows)) is not None:
+                for sourced in batch:
+                    if sourced.row.row_id in self.done:
+                        tally.skipped += 1
+                        continue
+                    tally.to_do += 1
+                    await self.slots.acquire()
+                    preparing.create_task(self._prepare(sourced))
+
+    async def _prepare(self, sourced: SourcedRow) -> None:
+        row = sourced.row
+        try:
+            images = await self._load_images(sourced)
+            payload = build_payload(self.request, row.values, images)
+            work = _Work(row, payload, estimate_input_tokens(payload, images))
+        except RowError as exc:
+            self.recorder.error(row, exc.error_type, str(exc), attempts=0)
+            return
+        finally:
+            self.slots.release()
+        await self.queue.put(work)
+
+    async def _load_images(self, sourced: SourcedRow) -> list[PreparedImage]:
+        cells = image_cells(self.request, sourced.row)
+        policy = self.policy.for_many_images() if len(cells) > MANY_IMAGES else self.policy
+        prepared: list[PreparedImage] = []
+        for column, cell in cells:
+            data = await load_image(
+                cell, base_dir=sourced.base_dir, http=self.client.http, timeout_s=self.client.config.timeout_s
+            )
+            label = f"{column} {describe_cell(cell)}"
+            # Decoding and re-encoding is CPU work: keep it off the event loop.
+            prepared.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+        return prepared
+
+    async def _send_loop(self) -> None:
+        while (work := await self.queue.get()) is not None:
+            try:
+                sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
+            except FatalApiError:
+                raise
+            except ApiError as exc:
+                self.recorder.error(work.row, exc.error_type, str(exc), attempts=exc.attempts)
+            except Exception as exc:  # the worker boundary: one row's surprise must not end the run
+                log.exception("unexpected error on row %s", work.row.row_id)
+                self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
+            else:
+                self.recorder.ok(work.row, sent)
+
+
+def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
+    """(column, cell) for each non-empty image cell of the row, in the job's column order."""
+    return [
+        (column, str(value).strip())
+        for column in request.images
+        if (value := row.values.get(column)) is not None and str(value).strip()
+    ]
+
+
+def _next_batch(rows: Iterator[SourcedRow], size: int = 500) -> list[SourcedRow] | None:
+    batch = [row for _, row in zip(range(size), rows, strict=False)]
+    return batch or None
+
+
+async def _report_progress(tally: _Tally) -> None:
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        finished = tally.ok + tally.error
+        rate = finished / max(time.monotonic() - started, 1e-9)
+        log.info(
+            "%d/%d rows done (%d ok, %d error), %.1f rows/s",
+            finished,
+            tally.to_do,
+            tally.ok,
+            tally.error,
+            rate,
+        )

@@ -1,0 +1,216 @@
+"""Parses a job file (TOML) into a frozen ``JobSpec``.
+
+Owns: the job-file schema (unknown keys are errors that name the key), defaults, checks that need no
+table or network (template syntax, tool_choice naming a declared tool), and resolving paths relative
+to the job file. Opens no table and no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import SpecError
+
+# max_tokens above this cannot be sent without streaming (SDK guard: 3600*max_tokens/128000 > 600 s)
+NON_STREAMING_MAX_TOKENS = 21_333
+TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolSpec(_Strict):
+    """One tool the model may call, as the API takes it."""
+
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+    @field_validator("name")
+    @classmethod
+    def _name_pattern(cls, value: str) -> str:
+        if not (1 <= len(value) <= 128) or not set(value) <= TOOL_NAME_CHARS:
+            raise ValueError(f"tool name {value!r} must match ^[a-zA-Z0-9_-]{{1,128}}$")
+        return value
+
+    @field_validator("input_schema")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('input_schema must have type = "object"')
+        return value
+
+
+class RequestSpec(_Strict):
+    """The ``[request]`` table: what each row's Messages request holds."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    prompt: str = Field(min_length=1)
+    system: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stop_sequences: list[str] | None = None
+    images: list[str] = Field(default_factory=list)
+    image_max_edge: int = Field(default=1568, ge=200, le=8000)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: dict[str, Any] | None = None
+    stream: bool | None = None
+
+    @field_validator("prompt", "system")
+    @classmethod
+    def _template_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_fields(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tool_choice_matches(self) -> RequestSpec:
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tool names must be unique, got {names}")
+        choice = self.tool_choice
+        if choice is None:
+            return self
+        kind = choice.get("type")
+        if kind not in {"auto", "any", "tool", "none"}:
+            raise ValueError(f'tool_choice.type must be "auto", "any", "tool" or "none", not {kind!r}')
+        if not self.tools:
+            raise ValueError("tool_choice is set but no [[request.tools]] are declared")
+        if kind == "tool" and choice.get("name") not in names:
+            raise ValueError(
+                f"tool_choice names {choice.get('name')!r}, which is not a declared tool {names}"
+            )
+        return self
+
+    @property
+    def streaming(self) -> bool:
+        """Whether requests go out as SSE streams: on request, or forced by a large max_tokens."""
+        if self.stream is not None and self.max_tokens <= NON_STREAMING_MAX_TOKENS:
+            return self.stream
+        return self.max_tokens > NON_STREAMING_MAX_TOKENS or bool(self.stream)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes the answer; a change means old answers are stale."""
+        settings = self.model_dump(mode="json", exclude={"stream"})
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ApiSpec(_Strict):
+    """The ``[api]`` table: where requests go and how they authenticate."""
+
+    base_url: str = "https://api.anthropic.com"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    anthropic_version: str = "2023-06-01"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class LimitsSpec(_Strict):
+    """The ``[limits]`` table. Limits left out are not enforced on the client."""
+
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    input_tokens_per_minute: float | None = Field(default=None, gt=0)
+    output_tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+class JobSpec(_Strict):
+    """A whole job file, with ``input`` and ``output`` resolved against the job file's folder."""
+
+    name: str = Field(min_length=1)
+    input: str
+    output: str
+    id_column: str | None = None
+    request: RequestSpec
+    api: ApiSpec = ApiSpec()
+    limits: LimitsSpec = LimitsSpec()
+    source: str = Field(default="", exclude=True)
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a ``{placeholder}`` template uses, in order; raises ValueError on bad syntax."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"template {template[:60]!r} is malformed: {exc} (write {{{{ and }}}} for literal braces)"
+        ) from None
+    for _literal, name, _spec, _conversion in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError(
+                f"template {template[:60]!r} has a placeholder without a column name: use {{column}}"
+            )
+        if any(ch in name for ch in ".["):
+            raise ValueError(f"template placeholder {{{name}}} must be a plain column name")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def load_job(path: Path) -> JobSpec:
+    """Read and validate a job file; every problem is a one-line SpecError naming the file and key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read job file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: invalid TOML: {exc}") from None
+    return parse_job(raw, path)
+
+
+def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
+    """Validate a decoded job table and resolve its paths relative to ``path``'s folder."""
+    try:
+        spec = JobSpec.model_validate({**raw, "source": str(path)})
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {describe_validation_error(exc)}") from None
+    base = path.parent
+    return spec.model_copy(
+        update={"input": _resolve(base, spec.input), "output": _resolve(base, spec.output)}
+    )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first validation problem as ``dotted.key: what is wrong`` (plus a count of the others)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key {where!r}"
+    elif first["type"] == "missing":
+        message = f"missing required key {where!r}"
+    else:
+        reason = first["msg"].removeprefix("Value error, ")
+        message = f"{where}: {reason}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
+
+
+def _resolve(base: Path, value: str) -> str:
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else base / candidate)

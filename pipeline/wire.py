@@ -1,0 +1,48 @@
+"""Wire shapes of a Messages API request, as TypedDicts (the SDK's ``*Param`` types, trimmed)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+MediaType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+
+
+class TextBlock(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class Base64Source(TypedDict):
+    type: Literal["base64"]
+    media_type: MediaType
+    data: str
+
+
+class ImageBlock(TypedDict):
+    type: Literal["image"]
+    source: Base64Source
+
+
+class UserMessage(TypedDict):
+    role: Literal["user"]
+    content: list[TextBlock | ImageBlock]
+
+
+class ToolParam(TypedDict):
+    name: str
+    description: NotRequired[str]
+    input_schema: dict[str, Any]
+
+
+class MessagePayload(TypedDict):
+    model: str
+    max_tokens: int
+    messages: list[UserMessage]
+    system: NotRequired[str]
+    temperature: NotRequired[float]
+    top_p: NotRequired[float]
+    top_k: NotRequired[int]
+    stop_sequences: NotRequired[list[str]]
+    tools: NotRequired[list[ToolParam]]
+    tool_choice: NotRequired[dict[str, Any]]
+    stream: NotRequired[bool]

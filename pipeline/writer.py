@@ -1,0 +1,279 @@
+"""Stores results so that a crash cannot corrupt or lose them.
+
+Layout of an output directory::
+
+    results.parquet          one row per input row (latest attempt wins); only ever appears whole
+    .journal/<run>.arrows    Arrow IPC streams, one per run, appended as results arrive
+
+Each result is appended to the run's journal the moment it arrives (a write to the OS, so ``kill -9``
+loses at most the requests still in flight; a torn last record is detected and dropped on read).
+``compact`` folds the journals into ``results.parquet`` by writing a temporary file, fsyncing it and
+renaming it over the old one, then deletes the folded journals. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline.errors import OutputError
+from pipeline.records import Result
+
+RESULTS_FILE = "results.parquet"
+PREVIOUS_FILE = "results.previous.parquet"
+JOURNAL_DIR = ".journal"
+
+TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("name", pa.string()), ("input", pa.string())])
+HEAD_FIELDS = [
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+]
+TAIL_FIELDS = [
+    pa.field("model", pa.string()),
+    pa.field("response_text", pa.string()),
+    pa.field("tool_calls", pa.list_(TOOL_CALL_TYPE)),
+    pa.field("stop_reason", pa.string()),
+    pa.field("input_tokens", pa.int64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("cache_creation_input_tokens", pa.int64()),
+    pa.field("cache_read_input_tokens", pa.int64()),
+    pa.field("message_id", pa.string()),
+    pa.field("request_id", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("error_type", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    pa.field("row_index", pa.int64()),
+    pa.field("request_fingerprint", pa.string()),
+]
+RESULT_COLUMNS = frozenset(field.name for field in HEAD_FIELDS + TAIL_FIELDS)
+
+
+def output_column(input_column: str) -> str:
+    """The name an input column gets in the output: itself, or ``input_<name>`` when it clashes."""
+    return f"input_{input_column}" if input_column in RESULT_COLUMNS else input_column
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    """Result columns around the input's own columns (types kept as read)."""
+    inputs = [field.with_name(output_column(field.name)) for field in input_schema]
+    return pa.schema(HEAD_FIELDS + inputs + TAIL_FIELDS)
+
+
+def result_record(result: Result) -> dict[str, Any]:
+    """One output row as a plain dict, keyed by output column names."""
+    record: dict[str, Any] = {"row_id": result.row.row_id, "status": result.status}
+    record.update({output_column(name): value for name, value in result.row.values.items()})
+    reply = result.reply
+    usage = reply.usage if reply else None
+    record.update(
+        model=reply.model if reply else None,
+        response_text=reply.text if reply else None,
+        tool_calls=[{"id": c.id, "name": c.name, "input": c.input_json} for c in reply.tool_calls]
+        if reply
+        else [],
+        stop_reason=reply.stop_reason if reply else None,
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
+        cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
+        message_id=reply.message_id if reply else None,
+        request_id=reply.request_id if reply else None,
+        attempts=result.attempts,
+        latency_ms=result.latency_ms,
+        error_type=result.error_type,
+        error_message=result.error_message,
+        finished_at=result.finished_at,
+        row_index=result.row.index,
+        request_fingerprint=result.fingerprint,
+    )
+    return record
+
+
+class Journal:
+    """The append-only record of one run's results."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # OSFile is unbuffered: every batch reaches the OS when write_batch returns.
+            self._sink = pa.OSFile(str(path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, schema)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        self.rows_written = 0
+
+    def append(self, results: Sequence[Result]) -> None:
+        """Write results as one record batch."""
+        if not results:
+            return
+        batch = pa.RecordBatch.from_pylist([result_record(r) for r in results], schema=self.schema)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.rows_written += len(results)
+
+    def close(self) -> None:
+        """Finish the stream (an unfinished one still reads back fine)."""
+        with contextlib.suppress(OSError):
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            self._sink.close()
+
+
+def read_journal(path: Path) -> pa.Table | None:
+    """Every complete batch of a journal; a torn tail (the process was killed mid-write) is dropped."""
+    batches: list[pa.RecordBatch] = []
+    try:
+        with pa.OSFile(str(path), "rb") as source:
+            reader = pa.ipc.open_stream(source)
+            schema = reader.schema
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, OSError):
+                    break
+    except (pa.ArrowInvalid, OSError):
+        return None  # not even a schema made it to disk: the run died before its first result
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+class ResultStore:
+    """An output directory: its journals and its ``results.parquet``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.results_path = directory / RESULTS_FILE
+        self.journal_dir = directory / JOURNAL_DIR
+
+    def prepare(self) -> None:
+        """Create the directory and prove it is writable, before any money is spent."""
+        try:
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to output directory {self.directory}: {exc.strerror or exc}"
+            ) from None
+
+    def new_journal(self, schema: pa.Schema) -> Journal:
+        """A journal for this run, named so that journals sort in the order they were started."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return Journal(self.journal_dir / f"{stamp}-{os.getpid()}.arrows", schema)
+
+    def journals(self) -> list[Path]:
+        """Existing journals, oldest first."""
+        if not self.journal_dir.is_dir():
+            return []
+        return sorted(self.journal_dir.glob("*.arrows"))
+
+    def done_row_ids(self, fingerprint: str) -> set[str]:
+        """Rows already answered ``ok`` by a request with this fingerprint (call after ``compact``)."""
+        if not self.results_path.exists():
+            return set()
+        try:
+            done = (
+                pl.scan_parquet(self.results_path)
+                .filter((pl.col("status") == "ok") & (pl.col("request_fingerprint") == fingerprint))
+                .select("row_id")
+                .collect()
+            )
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise OutputError(f"cannot read {self.results_path}: {exc}") from None
+        return set(done["row_id"].to_list())
+
+    def compact(self) -> int:
+        """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count."""
+        journals = self.journals()
+        if not journals:
+            return self._count()
+        frames = list(self._frames(journals))
+        if not frames:
+            self._remove(journals)
+            return self._count()
+        merged = (
+            pl.concat(frames, how="diagonal_relaxed")
+            .unique(subset="row_id", keep="last", maintain_order=True)
+            .sort("row_index", maintain_order=True)
+        )
+        self._write_atomically(_order_columns(merged))
+        self._remove(journals)
+        return merged.height
+
+    def start_fresh(self) -> None:
+        """``--fresh``: keep the old results as ``results.previous.parquet`` and forget them."""
+        self.compact()
+        if self.results_path.exists():
+            try:
+                os.replace(self.results_path, self.directory / PREVIOUS_FILE)
+            except OSError as exc:
+                raise OutputError(f"cannot move {self.results_path} aside: {exc.strerror or exc}") from None
+
+    def _frames(self, journals: Iterable[Path]) -> Iterator[pl.DataFrame]:
+        if self.results_path.exists():
+            try:
+                yield pl.read_parquet(self.results_path)
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise OutputError(f"cannot read {self.results_path}: {exc}") from None
+        for path in journals:
+            table = read_journal(path)
+            if table is not None and table.num_rows:
+                frame = pl.from_arrow(table)
+                assert isinstance(frame, pl.DataFrame)
+                yield frame
+
+    def _write_atomically(self, frame: pl.DataFrame) -> None:
+        tmp = self.directory / f".{RESULTS_FILE}.tmp-{os.getpid()}"
+        try:
+            frame.write_parquet(tmp, compression="zstd", statistics=True)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.results_path)
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OutputError(f"cannot write {self.results_path}: {exc.strerror or exc}") from None
+
+    def _count(self) -> int:
+        if not self.results_path.exists():
+            return 0
+        return int(pl.scan_parquet(self.results_path).select(pl.len()).collect().item())
+
+    @staticmethod
+    def _remove(paths: Iterable[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    head = [field.name for field in HEAD_FIELDS]
+    tail = [field.name for field in TAIL_FIELDS]
+    middle = [name for name in frame.columns if name not in RESULT_COLUMNS]
+    return frame.select(head + middle + [name for name in tail if name in frame.columns])
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is; not every platform allows it.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,108 @@
+"""Helpers for end-to-end tests: write job files, make images, run the CLI as a user would."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from pipeline.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_KEY = "sk-ant-test-FAKE-0123456789-do-not-print"
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for plain Python data (JSON strings are valid TOML basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def write_job(directory: Path, *, name: str = "job", **sections: Any) -> Path:
+    """Write a job file: top-level keys plus [request]/[api]/[limits] tables."""
+    lines = []
+    tables = {key: value for key, value in sections.items() if key in {"request", "api", "limits"}}
+    for key, value in sections.items():
+        if key not in tables:
+            lines.append(f"{key} = {toml_value(value)}")
+    for table, values in tables.items():
+        lines.append(f"\n[{table}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def text_job(directory: Path, rows: int = 10, **request: Any) -> Path:
+    """A small text-only job over a generated CSV, writing to directory/out."""
+    csv = directory / "input.csv"
+    csv.write_text("id,topic\n" + "".join(f"{i},topic number {i}\n" for i in range(rows)), encoding="utf-8")
+    return write_job(
+        directory,
+        name="text",
+        input="input.csv",
+        output="out",
+        id_column="id",
+        request={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "prompt": "Say something about {topic}.",
+            **request,
+        },
+        limits={"concurrency": 4, "max_attempts": 6, "timeout_s": 5},
+    )
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), mode: str = "RGB", **save: Any) -> bytes:
+    """A real image of the given format, made in memory."""
+    img = Image.new(
+        mode, size, color=120 if mode in {"L", "I;16", "P", "1"} else (200, 40, 40)[: len(mode)] or 0
+    )
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def invoke(
+    args: Sequence[str], *, key: str | None = FAKE_KEY, env: Mapping[str, str] | None = None
+) -> Result:
+    """Run the real click CLI in-process, with the API key in the environment like a user's shell."""
+    environment = {"ANTHROPIC_BASE_URL": ""}
+    if key is not None:
+        environment["ANTHROPIC_API_KEY"] = key
+    environment.update(env or {})
+    return CliRunner().invoke(cli, list(args), env=environment, catch_exceptions=False)
+
+
+def run_subprocess(
+    args: Sequence[str], *, key: str | None = FAKE_KEY, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pipeline`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    if key is not None:
+        env["ANTHROPIC_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )

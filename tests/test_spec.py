@@ -1,0 +1,138 @@
+"""Job-file parsing: the shipped jobs load, unknown keys are named, paths resolve next to the job."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import SpecError
+from pipeline.spec import NON_STREAMING_MAX_TOKENS, load_job, parse_job, template_fields
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = {
+    "name": "t",
+    "input": "in.csv",
+    "output": "out",
+    "request": {"model": "m", "max_tokens": 10, "prompt": "hi"},
+}
+
+
+def _with(**request: object) -> dict[str, object]:
+    return {**MINIMAL, "request": {**MINIMAL["request"], **request}}  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("name", ["caption_images", "annotate_products", "classify_reviews"])
+def test_shipped_jobs_load(name: str) -> None:
+    """Every job in jobs/ parses, and its paths resolve relative to the job file."""
+    spec = load_job(ROOT / "jobs" / f"{name}.toml")
+    assert Path(spec.input).resolve().exists()
+    assert Path(spec.output).resolve().parent == (ROOT / "out")
+
+
+def test_caption_job_matches_issue_fields() -> None:
+    """The captioning job keeps every field the issue wrote, with its values."""
+    spec = load_job(ROOT / "jobs" / "caption_images.toml")
+    assert spec.id_column == "id"
+    assert spec.request.images == ["image_path"]
+    assert spec.api.auth == "x-api-key"
+    assert spec.limits.requests_per_minute == 50
+    assert spec.limits.max_attempts == 8
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_with(temperatur=0.1), "unknown key 'request.temperatur'"),
+        ({**MINIMAL, "extra": 1}, "unknown key 'extra'"),
+        ({**MINIMAL, "limits": {"rpm": 5}}, "unknown key 'limits.rpm'"),
+        ({k: v for k, v in MINIMAL.items() if k != "output"}, "missing required key 'output'"),
+        (_with(temperature=3), "request.temperature"),
+        (_with(prompt="hi {name"), "malformed"),
+        (_with(prompt="hi {}"), "without a column name"),
+        (_with(prompt="hi {a.b}"), "plain column name"),
+        (_with(tool_choice={"type": "tool", "name": "x"}), "no [[request.tools]]"),
+        (
+            _with(
+                tools=[{"name": "t1", "input_schema": {"type": "object"}}],
+                tool_choice={"type": "tool", "name": "x"},
+            ),
+            "not a declared tool",
+        ),
+        (_with(tools=[{"name": "bad name", "input_schema": {"type": "object"}}]), "must match"),
+        (_with(tools=[{"name": "t", "input_schema": {"type": "array"}}]), 'type = "object"'),
+        ({**MINIMAL, "api": {"auth": "basic"}}, "api.auth"),
+        ({**MINIMAL, "api": {"base_url": "ftp://x"}}, "http://"),
+    ],
+)
+def test_bad_job_is_one_line_naming_the_key(raw: dict[str, object], expected: str) -> None:
+    """Each invalid job gives one SpecError line that names the file and what is wrong."""
+    with pytest.raises(SpecError) as info:
+        parse_job(raw, Path("jobs/x.toml"))
+    message = str(info.value)
+    assert message.startswith("jobs/x.toml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    """Broken TOML and a missing job file are SpecErrors, not tracebacks."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_job(bad)
+    with pytest.raises(SpecError, match="not found"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_streaming_forced_above_non_streaming_cap() -> None:
+    """A max_tokens above what a non-streaming request may take turns streaming on."""
+    small = parse_job(_with(), Path("j.toml")).request
+    big = parse_job(_with(max_tokens=NON_STREAMING_MAX_TOKENS + 1, stream=False), Path("j.toml")).request
+    asked = parse_job(_with(stream=True), Path("j.toml")).request
+    assert (small.streaming, big.streaming, asked.streaming) == (False, True, True)
+
+
+def test_fingerprint_tracks_answer_shaping_settings_only() -> None:
+    """Prompt or model changes change the fingerprint; limits and streaming do not."""
+    base = parse_job(_with(), Path("j.toml"))
+    assert (
+        parse_job(_with(prompt="other"), Path("j.toml")).request.fingerprint() != base.request.fingerprint()
+    )
+    assert parse_job(_with(model="m2"), Path("j.toml")).request.fingerprint() != base.request.fingerprint()
+    assert parse_job(_with(stream=True), Path("j.toml")).request.fingerprint() == base.request.fingerprint()
+    limited = parse_job({**MINIMAL, "limits": {"concurrency": 2}}, Path("j.toml"))
+    assert limited.request.fingerprint() == base.request.fingerprint()
+
+
+def test_template_fields_in_order_without_repeats() -> None:
+    """Placeholders come back once each, in order; doubled braces are literal."""
+    assert template_fields("{a} and {b:>3} and {a} {{literal}}") == ["a", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(st.integers() | st.text(max_size=5), st.lists, max_leaves=4),
+        max_size=4,
+    )
+)
+def test_fuzzed_job_tables_never_crash(raw: dict[str, object]) -> None:
+    """Any decoded TOML table either parses or raises SpecError, never anything else."""
+    try:
+        parse_job(raw, Path("f.toml"))
+    except SpecError as exc:
+        message = str(exc)
+    else:
+        return
+    assert message.startswith("f.toml: ")
+
+
+def test_toml_of_shipped_job_round_trips_through_parse() -> None:
+    """parse_job on the decoded shipped TOML equals load_job on the file."""
+    path = ROOT / "jobs" / "annotate_products.toml"
+    assert parse_job(tomllib.loads(path.read_text()), path) == load_job(path)
