@@ -23,6 +23,7 @@ from pipeline.build import build_payload, estimate_input_tokens
 from pipeline.client import ClientConfig, MessagesClient
 from pipeline.errors import ApiError, FatalApiError, RowError
 from pipeline.images import ImagePolicy, PreparedImage, prepare_image
+from pipeline.lock import locked_output
 from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
 from pipeline.records import Result, Row, Sent, Summary, Usage
 from pipeline.sources import describe_cell, load_image
@@ -154,10 +155,21 @@ async def run_job(
 ) -> RunOutcome:
     """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole."""
     started = time.monotonic()
-    request = spec.request
-    fingerprint = request.fingerprint()
     store = ResultStore(options.output)
     store.prepare()
+    with locked_output(options.output):
+        return await _run_locked(spec, options, store, transport, started)
+
+
+async def _run_locked(
+    spec: JobSpec,
+    options: RunOptions,
+    store: ResultStore,
+    transport: httpx.AsyncBaseTransport | None,
+    started: float,
+) -> RunOutcome:
+    request = spec.request
+    fingerprint = request.fingerprint()
     if options.fresh:
         store.start_fresh()
     else:

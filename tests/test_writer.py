@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.errors import OutputError
+from pipeline.lock import locked_output
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
 from pipeline.writer import ResultStore, output_schema, read_journal
 
@@ -109,3 +111,12 @@ def test_unwritable_output_is_output_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write to output directory"):
         ResultStore(blocker / "out").prepare()
+
+
+def test_second_holder_of_output_lock_is_refused_with_pid(tmp_path: Path) -> None:
+    """While one run holds the output lock, another gets an OutputError naming the holder's pid."""
+    holder = f"in use by another run \\(pid {os.getpid()}"
+    with locked_output(tmp_path), pytest.raises(OutputError, match=holder), locked_output(tmp_path):
+        pass
+    with locked_output(tmp_path):  # released on exit: the next run takes it
+        pass
