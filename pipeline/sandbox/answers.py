@@ -1,0 +1,183 @@
+"""Deterministic answers: the request digest, the reply's content and usage, and its two JSON shapes.
+
+The text of a reply depends only on the request (its digest, the last user text and the image
+count), so tests can prove each row got its own answer and that a repeat gets the same one. Ids are
+random, as the hosted API's are. Output tokens::
+
+    ceil(len(text) / 4) + ceil(len(tool input JSON) / 4), at least 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.sandbox.toolinput import synthesise
+from pipeline.sandbox.validate import ParsedRequest
+
+SNIPPET_CHARS = 120
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One ``tool_use`` block; ``arguments`` is the input as compact JSON (also what streams send)."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Everything a reply carries, whatever the wire shape."""
+
+    message_id: str
+    model: str
+    text: str | None
+    tool_calls: tuple[ToolCall, ...]
+    stop_reason: str
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """sha256 hex of the canonical request JSON without ``stream`` (a streamed repeat is the same request)."""
+    canonical = {key: value for key, value in body.items() if key != "stream"}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    """A fresh ``<prefix>_sandbox_<hex>`` id."""
+    return f"{prefix}_sandbox_{os.urandom(12).hex()}"
+
+
+def reply_text(parsed: ParsedRequest, digest: str) -> str:
+    """The full (untruncated) text answer for a request."""
+    snippet = parsed.last_user_text[:SNIPPET_CHARS]
+    if len(parsed.last_user_text) > SNIPPET_CHARS:
+        snippet += "..."
+    count = parsed.image_count
+    return f'[sandbox] reply {digest[:8]} to "{snippet}" ({count} image{"" if count == 1 else "s"})'
+
+
+def make_answer(parsed: ParsedRequest, digest: str) -> Answer:
+    """Build the reply, honouring tool_choice, stop_sequences and max_tokens in generation order."""
+    text: str | None = None if parsed.tool_choice in ("tool", "any") else reply_text(parsed, digest)
+    calls: tuple[ToolCall, ...] = ()
+    if parsed.tool_choice in ("tool", "any", "auto"):
+        tool = (
+            next(t for t in parsed.tools if t["name"] == parsed.tool_name)
+            if parsed.tool_name
+            else parsed.tools[0]
+        )
+        rng = random.Random(int(digest[:16], 16))
+        tool_input = synthesise(tool["input_schema"], rng)
+        arguments = json.dumps(tool_input, separators=(",", ":"), ensure_ascii=False)
+        calls = (ToolCall(new_id("toolu"), tool["name"], tool_input, arguments),)
+    stop_reason = "tool_use" if calls else "end_turn"
+    stop_sequence: str | None = None
+    budget = parsed.max_tokens * 4  # characters that fit in max_tokens at four per token
+    if text is not None:
+        hit = _first_stop(text, parsed.stop_sequences)
+        if hit is not None and hit[0] < budget:
+            text, stop_sequence, stop_reason, calls = text[: hit[0]], hit[1], "stop_sequence", ()
+        elif len(text) > budget:
+            text, stop_reason, calls = text[:budget], "max_tokens", ()
+    text_tokens = math.ceil(len(text) / 4) if text else 0
+    output_tokens = text_tokens + sum(math.ceil(len(call.arguments) / 4) for call in calls)
+    if output_tokens > parsed.max_tokens:
+        # the tool input did not fit: generation stopped inside it, so no usable call comes back
+        calls, stop_reason, output_tokens = (), "max_tokens", parsed.max_tokens
+    return Answer(
+        message_id=new_id("msg"),
+        model="sandbox:" + parsed.model,
+        text=text or None,
+        tool_calls=calls,
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        input_tokens=parsed.input_tokens,
+        output_tokens=max(output_tokens, 1),
+    )
+
+
+def _first_stop(text: str, stop_sequences: tuple[str, ...]) -> tuple[int, str] | None:
+    hits = [(text.find(seq), seq) for seq in stop_sequences if seq in text]
+    return min(hits) if hits else None
+
+
+def usage_json(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """Anthropic ``usage`` with the cache fields a caching-unaware reply still carries."""
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "service_tier": "standard",
+    }
+
+
+def content_json(answer: Answer) -> list[dict[str, Any]]:
+    """The ``content`` blocks of an Anthropic Message."""
+    blocks: list[dict[str, Any]] = []
+    if answer.text:
+        blocks.append({"type": "text", "text": answer.text})
+    blocks.extend(
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": c.input} for c in answer.tool_calls
+    )
+    return blocks
+
+
+def anthropic_message(answer: Answer) -> dict[str, Any]:
+    """The hosted API's Message JSON."""
+    return {
+        "id": answer.message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": content_json(answer),
+        "stop_reason": answer.stop_reason,
+        "stop_sequence": answer.stop_sequence,
+        "usage": usage_json(answer.input_tokens, answer.output_tokens),
+    }
+
+
+def openai_completion(answer: Answer, created: int) -> dict[str, Any]:
+    """The OpenAI-like ``chat.completion`` JSON that some compatible providers send instead."""
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in answer.tool_calls
+        ]
+    return {
+        "id": answer.message_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": answer.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(answer)}],
+        "usage": {
+            "prompt_tokens": answer.input_tokens,
+            "completion_tokens": answer.output_tokens,
+            "total_tokens": answer.input_tokens + answer.output_tokens,
+        },
+    }
+
+
+def finish_reason(answer: Answer) -> str:
+    """The OpenAI ``finish_reason`` for an Anthropic ``stop_reason``."""
+    return _FINISH_REASONS[answer.stop_reason]
