@@ -1,0 +1,181 @@
+"""Client-side pacing: requests, input tokens and output tokens per minute, plus the shared 429 pause.
+
+The hosted API meters with token buckets that refill continuously (reference §6), so a client that
+spends a whole minute's allowance at once earns 429s. Each :class:`Pacer` therefore holds about one
+second of its rate and refills smoothly; amounts larger than that are taken in bucket-sized chunks.
+
+:class:`RateLimits` bundles the three optional pacers with the bookkeeping that keeps them honest:
+estimates are acquired before a request and the shortfall after the reply, when the real usage is
+known. :class:`PauseGate` is the one place a 429 (or any ``retry-after``) stops every sender.
+
+Everything here binds to the running event loop: create it inside the run, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from pipeline.records import Usage
+
+OUTPUT_WARMUP = 5  # replies seen before the running mean replaces max_tokens as the output estimate
+OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply rarely leaves a debt
+
+
+class Pacer:
+    """One per-minute budget, paced as a bucket holding one second of the rate (at least 1 unit).
+
+    :param per_minute: the sustained rate, in units (requests or tokens) per minute.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        if not per_minute > 0:
+            raise ValueError(f"per_minute must be positive, got {per_minute!r}")
+        self.per_minute = per_minute
+        self.capacity = max(1.0, per_minute / 60.0)
+        # the period that refills `capacity` at `per_minute`: 1 s at 60/min and above, longer below
+        self._limiter = AsyncLimiter(self.capacity, self.capacity * 60.0 / per_minute)
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        """Wait until ``amount`` fits the rate; amounts above :attr:`capacity` go in chunks.
+
+        aiolimiter refuses an amount above its bucket, and a bigger bucket would allow the very burst
+        we avoid; chunks keep the long-run rate exact for a large request without either problem.
+        """
+        remaining = float(amount)
+        while remaining > 0:
+            chunk = min(remaining, self.capacity)
+            await self._limiter.acquire(chunk)
+            remaining -= chunk
+
+    def has_capacity(self, amount: float = 1.0) -> bool:
+        """Whether ``amount`` (at most :attr:`capacity`) could be taken right now without waiting."""
+        return bool(self._limiter.has_capacity(min(amount, self.capacity)))
+
+
+class OutputEstimator:
+    """How many output tokens to reserve before a request.
+
+    ``max_tokens`` until :data:`OUTPUT_WARMUP` replies were seen, then the running mean of real
+    output plus :data:`OUTPUT_HEADROOM`, never above ``max_tokens``: reserving ``max_tokens`` for
+    replies that are much shorter would starve the output budget for nothing.
+    """
+
+    def __init__(self, *, warmup: int = OUTPUT_WARMUP, headroom: float = OUTPUT_HEADROOM) -> None:
+        self.warmup = warmup
+        self.headroom = headroom
+        self.seen = 0
+        self.total = 0
+
+    def estimate(self, max_tokens: int) -> int:
+        """The reservation for a request allowed ``max_tokens`` (at least 1)."""
+        if self.seen == 0 or self.seen < self.warmup:
+            return max(1, max_tokens)
+        mean = self.total / self.seen
+        return max(1, min(max_tokens, math.ceil(mean * self.headroom)))
+
+    def observe(self, output_tokens: int) -> None:
+        """Record a reply's real output."""
+        self.seen += 1
+        self.total += max(0, output_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What was acquired before a request, so the reply can settle the difference."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class RateLimits:
+    """The three optional budgets of one run. A limit left as ``None`` is not enforced.
+
+    :param requests_per_minute: requests sent, retries included.
+    :param input_tokens_per_minute: ``input_tokens + cache_creation_input_tokens``, which is what the
+        API counts (cache reads are free against ITPM).
+    :param output_tokens_per_minute: output tokens, reserved from an estimate and settled on the reply.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: float | None = None,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
+    ) -> None:
+        self.requests = Pacer(requests_per_minute) if requests_per_minute else None
+        self.input_tokens = Pacer(input_tokens_per_minute) if input_tokens_per_minute else None
+        self.output_tokens = Pacer(output_tokens_per_minute) if output_tokens_per_minute else None
+        self.output_estimator = OutputEstimator()
+
+    async def acquire(self, *, input_tokens: int, max_tokens: int) -> Reservation:
+        """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken."""
+        reservation = Reservation(max(0, input_tokens), self.output_estimator.estimate(max_tokens))
+        if self.requests is not None:
+            await self.requests.acquire(1)
+        if self.input_tokens is not None:
+            await self.input_tokens.acquire(reservation.input_tokens)
+        if self.output_tokens is not None:
+            await self.output_tokens.acquire(reservation.output_tokens)
+        return reservation
+
+    async def settle(self, reservation: Reservation, usage: Usage) -> None:
+        """Take what the reply used beyond the reservation, so the budgets track real usage.
+
+        Over-estimates are not given back: aiolimiter has no refund, and the bucket drains anyway.
+        """
+        self.output_estimator.observe(usage.output_tokens)
+        used_input = usage.input_tokens + usage.cache_creation_input_tokens
+        if self.input_tokens is not None and used_input > reservation.input_tokens:
+            await self.input_tokens.acquire(used_input - reservation.input_tokens)
+        if self.output_tokens is not None and usage.output_tokens > reservation.output_tokens:
+            await self.output_tokens.acquire(usage.output_tokens - reservation.output_tokens)
+
+
+class PauseGate:
+    """A pause every sender honours: when the server says "wait", nobody sends until then.
+
+    One worker's 429 means the organisation's bucket is empty for everyone; letting the other
+    workers keep sending only collects more 429s (and retries) until each has been told in turn.
+
+    :param clock: monotonic seconds (the loop's ``time``); injectable for tests.
+    :param sleep: the coroutine that waits; injectable for tests.
+    """
+
+    def __init__(self, *, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.resume_at = -math.inf
+
+    def pause(self, seconds: float) -> None:
+        """Hold every sender for ``seconds`` from now; a shorter pause never cuts a longer one short."""
+        if seconds > 0:
+            self.resume_at = max(self.resume_at, self._clock() + seconds)
+
+    @property
+    def paused(self) -> bool:
+        """Whether a sender arriving now would have to wait."""
+        return self.resume_at > self._clock()
+
+    async def wait(self) -> None:
+        """Return once the pause is over: one sleep to ``resume_at``, another only if it was extended.
+
+        Each sleep targets the deadline itself, so there is no polling; re-checking only when
+        ``resume_at`` moved during the sleep keeps a fake sleep (which does not advance the
+        clock) from looping.
+        """
+        while (delay := self.resume_at - self._clock()) > 0:
+            target = self.resume_at
+            await self._sleep(delay)
+            if self.resume_at <= target:
+                return
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's monotonic clock, which aiolimiter also uses."""
+    return asyncio.get_running_loop().time

@@ -1,0 +1,253 @@
+"""Pacing, token budgets and the shared pause, on a patched loop clock: nothing here sleeps for real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from aiolimiter import AsyncLimiter
+
+from pipeline.ratelimit import OutputEstimator, Pacer, PauseGate, RateLimits, Reservation
+from pipeline.records import Usage
+
+
+class LoopTime:
+    """The running loop's ``time()`` replaced by a number the test moves, as aiolimiter's tests do.
+
+    The loop's scheduler reads the same ``time()``, so aiolimiter's wake-up timers fire exactly when
+    the test moves the clock past them, and never on their own.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def run_for(self, seconds: float, step: float = 0.05) -> None:
+        """Advance the clock in steps, letting every ready task run at each step."""
+        for _ in range(round(seconds / step)):
+            self.now = round(self.now + step, 9)
+            await settle()
+
+
+@contextmanager
+def patched_loop_time() -> Iterator[LoopTime]:
+    """Patch ``loop.time`` of the running loop for the duration of the block."""
+    loop = asyncio.get_running_loop()
+    clock = LoopTime()
+    loop.time = clock  # type: ignore[method-assign]
+    try:
+        yield clock
+    finally:
+        del loop.time  # back to the class's method
+
+
+async def settle(rounds: int = 30) -> None:
+    """Let ready tasks and wake-up callbacks run without moving the clock."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def acquisition_times(pacer: Pacer, clock: LoopTime, count: int, seconds: float) -> list[float]:
+    """When each of ``count`` concurrent one-unit acquisitions got through, over ``seconds`` of fake time."""
+    times: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        times.append(clock.now)
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    await settle()
+    await clock.run_for(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return times
+
+
+async def test_600_per_minute_lets_ten_per_second() -> None:
+    """At 600/min the bucket holds one second (10) and then refills at 10 per second."""
+    with patched_loop_time() as clock:
+        times = await acquisition_times(Pacer(600), clock, count=60, seconds=4.0)
+    assert sum(1 for t in times if t == 0.0) == 10  # the one-second burst, not a minute's 600
+    steady = sum(1 for t in times if 1.0 <= t < 3.0)
+    assert 19 <= steady <= 21
+    assert 48 <= len(times) <= 51  # 10 + 10/s over 4 s
+
+
+async def test_below_60_per_minute_spaces_single_requests() -> None:
+    """At 30/min the bucket holds one request and refills one every two seconds."""
+    with patched_loop_time() as clock:
+        times = await acquisition_times(Pacer(30), clock, count=10, seconds=6.0)
+    assert times == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_bucket_is_one_second_of_the_rate() -> None:
+    """Capacity is rate/60, never below 1."""
+    assert Pacer(600).capacity == 10
+    assert Pacer(30_000).capacity == 500
+    assert Pacer(30).capacity == 1
+
+
+async def test_amount_over_capacity_is_acquired_in_chunks() -> None:
+    """An amount above the bucket does not raise (plain aiolimiter does) and waits as long as it needs."""
+    with pytest.raises(ValueError, match="maximum capacity"):
+        await AsyncLimiter(10, 1).acquire(35)
+    with patched_loop_time() as clock:
+        pacer = Pacer(600)
+        task = asyncio.create_task(pacer.acquire(35))
+        await settle()
+        assert not task.done()
+        await clock.run_for(2.0)
+        assert not task.done()  # 35 units at 10/s with a 10-unit start: done at 2.5 s
+        await clock.run_for(0.6)
+        assert task.done()
+        await task
+
+
+async def test_zero_amount_is_free() -> None:
+    """Acquiring nothing returns at once."""
+    with patched_loop_time():
+        await asyncio.wait_for(Pacer(60).acquire(0), timeout=1)
+
+
+def test_output_estimate_starts_at_max_tokens_then_follows_the_mean() -> None:
+    """The estimate is max_tokens for five replies, then the mean plus 20 %, capped at max_tokens."""
+    estimator = OutputEstimator()
+    for _ in range(4):
+        estimator.observe(100)
+        assert estimator.estimate(4096) == 4096
+    estimator.observe(100)
+    assert estimator.estimate(4096) == 120
+    assert estimator.estimate(50) == 50
+    assert OutputEstimator(warmup=0).estimate(10) == 10  # no data yet: max_tokens, at least 1
+
+
+class RecordingPacer(Pacer):
+    """A pacer that records what was asked of it and never waits."""
+
+    def __init__(self) -> None:
+        super().__init__(60_000)
+        self.acquired: list[float] = []
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        self.acquired.append(amount)
+
+
+def recording_limits() -> tuple[RateLimits, RecordingPacer, RecordingPacer, RecordingPacer]:
+    """RateLimits whose three pacers record instead of waiting."""
+    limits = RateLimits(requests_per_minute=1, input_tokens_per_minute=1, output_tokens_per_minute=1)
+    requests, inputs, outputs = RecordingPacer(), RecordingPacer(), RecordingPacer()
+    limits.requests, limits.input_tokens, limits.output_tokens = requests, inputs, outputs
+    return limits, requests, inputs, outputs
+
+
+async def test_estimates_are_acquired_before_and_shortfalls_after() -> None:
+    """Estimates are taken before sending; real input (cache writes included) and output beyond them after."""
+    limits, requests, inputs, outputs = recording_limits()
+    reservation = await limits.acquire(input_tokens=1000, max_tokens=256)
+    assert reservation == Reservation(1000, 256)
+    assert (requests.acquired, inputs.acquired, outputs.acquired) == ([1], [1000], [256])
+    await limits.settle(
+        reservation, Usage(input_tokens=900, output_tokens=300, cache_creation_input_tokens=300)
+    )
+    assert inputs.acquired == [1000, 200]  # 900 + 300 cache writes - 1000
+    assert outputs.acquired == [256, 44]
+
+
+async def test_shorter_replies_shrink_the_output_reservation() -> None:
+    """After a few short replies the output reservation follows them instead of holding max_tokens."""
+    limits, _, _, outputs = recording_limits()
+    for _ in range(5):
+        reservation = await limits.acquire(input_tokens=10, max_tokens=4096)
+        await limits.settle(reservation, Usage(input_tokens=10, output_tokens=50))
+    assert outputs.acquired == [4096] * 5
+    await limits.acquire(input_tokens=10, max_tokens=4096)
+    assert outputs.acquired[-1] == 60
+
+
+async def test_no_limits_means_no_waiting() -> None:
+    """With every limit left out, acquire and settle return at once."""
+    limits = RateLimits()
+    reservation = await limits.acquire(input_tokens=10**9, max_tokens=10**6)
+    await limits.settle(reservation, Usage(input_tokens=10**10, output_tokens=10**10))
+
+
+class FakeClock:
+    """A clock and a sleep that records delays and moves the clock to the sleeper's deadline."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        target = self.now + delay
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+async def test_gate_without_pause_does_not_sleep() -> None:
+    """An unpaused gate lets senders straight through."""
+    clock = FakeClock()
+    gate = PauseGate(clock=clock, sleep=clock.sleep)
+    await gate.wait()
+    assert clock.sleeps == []
+    assert not gate.paused
+
+
+async def test_gate_sleeps_once_until_resume_at() -> None:
+    """A paused gate is one sleep to resume_at; a shorter later pause does not cut it short."""
+    clock = FakeClock()
+    gate = PauseGate(clock=clock, sleep=clock.sleep)
+    gate.pause(5.0)
+    gate.pause(1.0)
+    assert gate.resume_at == 5.0
+    await gate.wait()
+    assert clock.sleeps == [5.0]
+    assert clock.now == 5.0
+
+
+async def test_gate_holds_every_waiter() -> None:
+    """All senders waiting on a pause resume at the same time, not one by one."""
+    clock = FakeClock()
+    gate = PauseGate(clock=clock, sleep=clock.sleep)
+    gate.pause(3.0)
+    await asyncio.gather(*(gate.wait() for _ in range(4)))
+    assert clock.sleeps == [3.0] * 4
+    assert clock.now == 3.0
+
+
+async def test_gate_extended_during_the_sleep_sleeps_again() -> None:
+    """A pause that grows while a sender sleeps makes it sleep the extra time too."""
+    clock = FakeClock()
+
+    async def sleep(delay: float) -> None:
+        await clock.sleep(delay)
+        if len(clock.sleeps) == 1:
+            gate.pause(2.0)  # another 429 arrived meanwhile
+
+    gate = PauseGate(clock=clock, sleep=sleep)
+    gate.pause(1.0)
+    await gate.wait()
+    assert clock.sleeps == [1.0, 2.0]
+    assert clock.now == 3.0
+
+
+async def test_gate_does_not_loop_on_a_sleep_that_keeps_time_still() -> None:
+    """A test sleep that does not move the clock ends the wait after one sleep instead of spinning."""
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    gate = PauseGate(clock=lambda: 0.0, sleep=record)
+    gate.pause(4.0)
+    await gate.wait()
+    assert sleeps == [4.0]
