@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 import tomllib
 from pathlib import Path
@@ -71,6 +72,14 @@ class RequestSpec(_Strict):
     def _template_syntax(cls, value: str | None) -> str | None:
         if value is not None:
             template_fields(value)
+        return value
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _visible_stops(cls, value: list[str] | None) -> list[str] | None:
+        # the API answers 400 to a whitespace-only stop sequence; say so once instead of once per row
+        if value is not None and any(not stop.strip() for stop in value):
+            raise ValueError("each stop sequence must contain non-whitespace (the API rejects it)")
         return value
 
     @model_validator(mode="after")
@@ -213,4 +222,5 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _resolve(base: Path, value: str) -> str:
     candidate = Path(value).expanduser()
-    return str(candidate if candidate.is_absolute() else base / candidate)
+    # normpath, not resolve(): "jobs/../out" reads as "out" in messages, symlinks stay as the user made them
+    return os.path.normpath(candidate if candidate.is_absolute() else base / candidate)

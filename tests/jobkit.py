@@ -37,7 +37,7 @@ def toml_value(value: Any) -> str:
 
 def write_job(directory: Path, *, name: str = "job", **sections: Any) -> Path:
     """Write a job file: top-level keys plus [request]/[api]/[limits] tables."""
-    lines = []
+    lines = [f"name = {toml_value(name)}"]
     tables = {key: value for key, value in sections.items() if key in {"request", "api", "limits"}}
     for key, value in sections.items():
         if key not in tables:

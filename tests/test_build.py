@@ -46,7 +46,7 @@ def test_payload_carries_sampling_tools_and_stream() -> None:
     """temperature, stop_sequences, tools, tool_choice and stream go through as the API takes them."""
     request = _request(
         temperature=0.0,
-        stop_sequences=["\n"],
+        stop_sequences=["END"],
         system="sys {x}",
         stream=True,
         tools=[{"name": "rec", "description": "d", "input_schema": {"type": "object"}}],
@@ -55,7 +55,7 @@ def test_payload_carries_sampling_tools_and_stream() -> None:
     payload = build_payload(request, {"x": 1}, [])
     assert payload["temperature"] == 0.0
     assert payload["system"] == "sys 1"
-    assert payload["stop_sequences"] == ["\n"]
+    assert payload["stop_sequences"] == ["END"]
     assert payload["tools"] == [{"name": "rec", "input_schema": {"type": "object"}, "description": "d"}]
     assert payload["tool_choice"] == {"type": "tool", "name": "rec"}
     assert payload["stream"] is True
@@ -71,10 +71,13 @@ def test_null_cells_render_empty_and_bad_spec_is_row_error() -> None:
 def test_estimate_counts_text_images_and_tools() -> None:
     """The estimate grows with text, adds w*h/750 per image, and counts tool definitions."""
     plain = estimate_input_tokens(build_payload(_request(), {"x": "a"}, []), [])
-    longer = estimate_input_tokens(build_payload(_request(), {"x": "a" * 350}, []), [])
+    longer = estimate_input_tokens(build_payload(_request(), {"x": "a" * 3500}, []), [])
     with_image = estimate_input_tokens(build_payload(_request(), {"x": "a"}, [IMAGE]), [IMAGE])
-    assert longer - plain == 100
+    assert abs((longer - plain) - 1000) <= 1
     assert with_image - plain == 100
+    tools = [{"name": "rec", "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}}}]
+    with_tools = estimate_input_tokens(build_payload(_request(tools=tools), {"x": "a"}, []), [])
+    assert with_tools > plain
 
 
 @given(

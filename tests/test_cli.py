@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -60,13 +61,23 @@ def test_shipped_job_runs_against_sandbox(tmp_path: Path, name: str) -> None:
             assert calls[0]["name"] == "record_annotation"
             jsonschema.validate(json.loads(calls[0]["input"]), schema)
     else:
-        # each row got its own answer: the sandbox echoes the start of the row's prompt
+        # each row got its own answer: the sandbox echoes the row's prompt (cut at a stop sequence)
         key = "subject" if "subject" in frame.columns else "text"
         for cell, answer in zip(frame[key], frame["response_text"], strict=True):
-            assert cell[:40] in answer
+            assert cell.split(".")[0][:30] in answer
+    _assert_no_image_data(project, frame)
+
+
+def _assert_no_image_data(project: Path, frame: pl.DataFrame) -> None:
+    """No cell holds a base64 run, and no output file holds any sample image's base64 (what was sent)."""
+    for column in frame.columns:
+        if frame[column].dtype == pl.String:
+            assert not any(BASE64_RUN.search(cell.encode()) for cell in frame[column].drop_nulls()), column
+    encoded = [base64.b64encode(p.read_bytes())[100:400] for p in (project / "sample_data" / "images").iterdir()]
     for path in (project / "out").rglob("*"):
         if path.is_file():
-            assert not BASE64_RUN.search(path.read_bytes()), f"base64 blob stored in {path}"
+            data = path.read_bytes()
+            assert not any(chunk in data for chunk in encoded), f"image data stored in {path}"
 
 
 def test_rerun_sends_nothing_and_fresh_sends_all(tmp_path: Path) -> None:

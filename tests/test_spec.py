@@ -51,6 +51,7 @@ def test_caption_job_matches_issue_fields() -> None:
         ({**MINIMAL, "limits": {"rpm": 5}}, "unknown key 'limits.rpm'"),
         ({k: v for k, v in MINIMAL.items() if k != "output"}, "missing required key 'output'"),
         (_with(temperature=3), "request.temperature"),
+        (_with(stop_sequences=["\n"]), "non-whitespace"),
         (_with(prompt="hi {name"), "malformed"),
         (_with(prompt="hi {}"), "without a column name"),
         (_with(prompt="hi {a.b}"), "plain column name"),
