@@ -275,6 +275,10 @@ class _Run:
         except RowError as exc:
             self.recorder.error(row, exc.error_type, str(exc), attempts=0)
             return
+        except Exception as exc:  # the preparing boundary: a decoder's surprise is this row's error
+            log.exception("unexpected error preparing row %s", row.row_id)
+            self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
+            return
         finally:
             self.slots.release()
         await self.queue.put(work)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pipeline.images import PreparedImage
 
 from pipeline.build import build_payload, estimate_input_tokens, render_template
 from pipeline.errors import RowError
+from pipeline.images import PreparedImage
 from pipeline.spec import parse_job
 
 IMAGE = PreparedImage(

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import polars as pl
 import pytest
-from jobkit import FAKE_KEY, ROOT, invoke, run_subprocess, text_job
 
+from jobkit import FAKE_KEY, ROOT, invoke, run_subprocess, text_job
 from pipeline.sandbox import SandboxConfig, running_sandbox
 from pipeline.spec import load_job
 
@@ -73,7 +73,8 @@ def _assert_no_image_data(project: Path, frame: pl.DataFrame) -> None:
     for column in frame.columns:
         if frame[column].dtype == pl.String:
             assert not any(BASE64_RUN.search(cell.encode()) for cell in frame[column].drop_nulls()), column
-    encoded = [base64.b64encode(p.read_bytes())[100:400] for p in (project / "sample_data" / "images").iterdir()]
+    images = (project / "sample_data" / "images").iterdir()
+    encoded = [base64.b64encode(p.read_bytes())[100:400] for p in images]
     for path in (project / "out").rglob("*"):
         if path.is_file():
             data = path.read_bytes()

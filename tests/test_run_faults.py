@@ -12,8 +12,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from jobkit import FAKE_KEY, invoke, run_subprocess, text_job
 
+from jobkit import FAKE_KEY, invoke, run_subprocess, text_job
 from pipeline.sandbox import SandboxConfig, running_sandbox
 from pipeline.writer import ResultStore
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from jobkit import image_bytes, invoke, write_job
 from PIL import Image
 
+from jobkit import image_bytes, invoke, write_job
 from pipeline.sandbox import running_sandbox
 
 
