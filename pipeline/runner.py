@@ -267,21 +267,28 @@ class _Run:
                     preparing.create_task(self._prepare(sourced))
 
     async def _prepare(self, sourced: SourcedRow) -> None:
+        # The slot is held until the work is queued: rows waiting for a sender count against the
+        # bound too, so memory stays flat however far the reader runs ahead.
+        try:
+            work = await self._build(sourced)
+            if work is not None:
+                await self.queue.put(work)
+        finally:
+            self.slots.release()
+
+    async def _build(self, sourced: SourcedRow) -> _Work | None:
         row = sourced.row
         try:
             images = await self._load_images(sourced)
             payload = build_payload(self.request, row.values, images)
-            work = _Work(row, payload, estimate_input_tokens(payload, images))
         except RowError as exc:
             self.recorder.error(row, exc.error_type, str(exc), attempts=0)
-            return
+            return None
         except Exception as exc:  # the preparing boundary: a decoder's surprise is this row's error
             log.exception("unexpected error preparing row %s", row.row_id)
             self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
-            return
-        finally:
-            self.slots.release()
-        await self.queue.put(work)
+            return None
+        return _Work(row, payload, estimate_input_tokens(payload, images))
 
     async def _load_images(self, sourced: SourcedRow) -> list[PreparedImage]:
         cells = image_cells(self.request, sourced.row)

@@ -29,6 +29,7 @@ from pipeline.records import Result
 RESULTS_FILE = "results.parquet"
 PREVIOUS_FILE = "results.previous.parquet"
 JOURNAL_DIR = ".journal"
+COALESCE_ROWS = 2048
 
 TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("name", pa.string()), ("input", pa.string())])
 HEAD_FIELDS = [
@@ -133,22 +134,40 @@ class Journal:
 
 
 def read_journal(path: Path) -> pa.Table | None:
-    """Every complete batch of a journal; a torn tail (the process was killed mid-write) is dropped."""
-    batches: list[pa.RecordBatch] = []
+    """Every complete batch of a journal; a torn tail (the process was killed mid-write) is dropped.
+
+    A journal holds one small batch per result, so batches are coalesced as they are read: holding
+    tens of thousands of one-row batches at once costs far more memory than their data.
+    """
+    combined: list[pa.RecordBatch] = []
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
     try:
         with pa.OSFile(str(path), "rb") as source:
             reader = pa.ipc.open_stream(source)
             schema = reader.schema
             while True:
                 try:
-                    batches.append(reader.read_next_batch())
+                    batch = reader.read_next_batch()
                 except StopIteration:
                     break
                 except (pa.ArrowInvalid, OSError):
                     break
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= COALESCE_ROWS:
+                    combined.extend(_coalesce(pending, schema))
+                    pending, pending_rows = [], 0
     except (pa.ArrowInvalid, OSError):
         return None  # not even a schema made it to disk: the run died before its first result
-    return pa.Table.from_batches(batches, schema=schema)
+    combined.extend(_coalesce(pending, schema))
+    return pa.Table.from_batches(combined, schema=schema)
+
+
+def _coalesce(batches: list[pa.RecordBatch], schema: pa.Schema) -> list[pa.RecordBatch]:
+    if not batches:
+        return []
+    return list(pa.Table.from_batches(batches, schema=schema).combine_chunks().to_batches())
 
 
 class ResultStore:

@@ -120,3 +120,18 @@ def test_second_holder_of_output_lock_is_refused_with_pid(tmp_path: Path) -> Non
         pass
     with locked_output(tmp_path):  # released on exit: the next run takes it
         pass
+
+
+def test_journal_of_many_small_batches_reads_back_coalesced(tmp_path: Path) -> None:
+    """A journal of one-row batches reads back as a few large chunks (memory tracks data, not batches)."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+    for index in range(5000):
+        journal.append([_result(index)])
+    journal.close()
+    table = read_journal(journal.path)
+    assert table is not None
+    assert table.num_rows == 5000
+    assert table.column("row_id").num_chunks <= 3
+    assert table.column("row_id")[4999].as_py() == "r4999"
