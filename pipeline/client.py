@@ -255,8 +255,10 @@ class MessagesClient:
                 async with self.http.stream(
                     "POST", url, json=payload, headers=headers, follow_redirects=False
                 ) as response:
+                    self.limits.learn(response.headers)
                     return await self._read_stream(response)
             response = await self.http.post(url, json=payload, headers=headers, follow_redirects=False)
+            self.limits.learn(response.headers)
             return self._read_reply(response.status_code, response.headers, response.content)
         except httpx.TimeoutException as exc:
             raise RetryableApiError(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -24,6 +24,11 @@ from pipeline.records import Usage
 
 OUTPUT_WARMUP = 5  # replies seen before the running mean replaces max_tokens as the output estimate
 OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply rarely leaves a debt
+LIMIT_HEADERS = {
+    "requests": "anthropic-ratelimit-requests-limit",
+    "input_tokens": "anthropic-ratelimit-input-tokens-limit",
+    "output_tokens": "anthropic-ratelimit-output-tokens-limit",
+}
 
 
 class Pacer:
@@ -112,6 +117,28 @@ class RateLimits:
         self.input_tokens = Pacer(input_tokens_per_minute) if input_tokens_per_minute else None
         self.output_tokens = Pacer(output_tokens_per_minute) if output_tokens_per_minute else None
         self.output_estimator = OutputEstimator()
+        # the job's own limits are a ceiling: a server may lower the pace, never raise it above them
+        self._ceilings = {
+            "requests": requests_per_minute,
+            "input_tokens": input_tokens_per_minute,
+            "output_tokens": output_tokens_per_minute,
+        }
+
+    def learn(self, headers: Mapping[str, str]) -> None:
+        """Pace no faster than the limits the server states in ``anthropic-ratelimit-*-limit`` headers.
+
+        Jobs often leave limits out or copy the wrong tier's; the hosted API says what it enforces
+        on every response, and ignoring that turns every resume after a 429 into another storm.
+        """
+        for kind, header in LIMIT_HEADERS.items():
+            stated = _positive_number(headers.get(header))
+            if stated is None:
+                continue
+            ceiling = self._ceilings[kind]
+            target = stated if ceiling is None else min(stated, ceiling)
+            current: Pacer | None = getattr(self, kind)
+            if current is None or current.per_minute != target:
+                setattr(self, kind, Pacer(target))
 
     async def acquire(self, *, input_tokens: int, max_tokens: int) -> Reservation:
         """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken."""
@@ -179,3 +206,11 @@ class PauseGate:
 def loop_clock() -> Callable[[], float]:
     """The running loop's monotonic clock, which aiolimiter also uses."""
     return asyncio.get_running_loop().time
+
+
+def _positive_number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number > 0 and math.isfinite(number) else None

@@ -251,3 +251,20 @@ async def test_gate_does_not_loop_on_a_sleep_that_keeps_time_still() -> None:
     gate.pause(4.0)
     await gate.wait()
     assert sleeps == [4.0]
+
+
+def test_learned_limits_lower_the_pace_but_never_raise_it_past_the_job() -> None:
+    """Server-stated limits replace missing or higher ones; the job's own limit stays a ceiling."""
+    limits = RateLimits(requests_per_minute=100)
+    prefix = "anthropic-ratelimit-"
+    limits.learn({f"{prefix}requests-limit": "60", f"{prefix}output-tokens-limit": "8000"})
+    assert limits.requests is not None
+    assert limits.requests.per_minute == 60
+    assert limits.output_tokens is not None
+    assert limits.output_tokens.per_minute == 8000
+    assert limits.input_tokens is None
+    limits.learn({"anthropic-ratelimit-requests-limit": "4000"})
+    assert limits.requests.per_minute == 100
+    limits.learn({f"{prefix}requests-limit": "junk", f"{prefix}input-tokens-limit": "-5"})
+    assert limits.requests.per_minute == 100
+    assert limits.input_tokens is None

@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from pipeline.sandbox.sse import anthropic_events, error_event, message_start, o
 from pipeline.sandbox.validate import ParsedRequest, parse_request
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+LOG_LENGTH = 10_000
 JSON_TYPE = "application/json"
 
 
@@ -44,6 +45,7 @@ class SandboxState:
         self.limiter = RateLimiter(config)
         self.send_limit_headers = config.ratelimit_headers and self.limiter.active
         self._lock = threading.Lock()
+        self._started = time.monotonic()
         # answers since start; unlike the stats, /_sandbox/reset does not lift the spend cap
         self._answers_lifetime = 0
         self.reset()
@@ -58,6 +60,9 @@ class SandboxState:
             self.rate_limited = 0
             self.answers_ok = 0
             self.ok_by_request: Counter[str] = Counter()
+            # bounded logs (seconds since start) so tests can check when requests arrived around a 429
+            self.arrivals: deque[float] = deque(maxlen=LOG_LENGTH)
+            self.throttles: deque[tuple[float, float]] = deque(maxlen=LOG_LENGTH)
 
     def snapshot(self) -> dict[str, Any]:
         """The statistics as plain JSON-ready data (the ``GET /_sandbox/stats`` body)."""
@@ -70,6 +75,8 @@ class SandboxState:
                 "rate_limited": self.rate_limited,
                 "answers_ok": self.answers_ok,
                 "ok_by_request": dict(self.ok_by_request),
+                "arrivals": [round(t, 4) for t in self.arrivals],
+                "throttles": [[round(t, 4), wait] for t, wait in self.throttles],
             }
 
     def spend_exhausted(self) -> bool:
@@ -78,9 +85,15 @@ class SandboxState:
         return limit is not None and self._answers_lifetime >= limit
 
     def record_request(self) -> None:
-        """Count one arriving ``/v1/messages`` request."""
+        """Count one arriving ``/v1/messages`` request and log when it came."""
         with self._lock:
             self.requests_total += 1
+            self.arrivals.append(time.monotonic() - self._started)
+
+    def record_throttle(self, retry_after_s: float) -> None:
+        """Log a 429 and the wait it asked for."""
+        with self._lock:
+            self.throttles.append((time.monotonic() - self._started, retry_after_s))
 
     def record_count_tokens(self) -> None:
         """Count one ``count_tokens`` request (kept apart: it is free and has its own limits)."""
@@ -242,6 +255,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             if wait is not None:
                 rate_limited = True
                 headers["retry-after"] = str(retry_after(wait))
+                state.record_throttle(retry_after(wait))
                 raise RequestError(
                     f"This request would exceed your organization's rate limit (sandbox: "
                     f"{_limits_text(config)}); retry after {headers['retry-after']} s.",
