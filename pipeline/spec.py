@@ -21,6 +21,17 @@ from pipeline.errors import SpecError
 
 # max_tokens above this cannot be sent without streaming (SDK guard: 3600*max_tokens/128000 > 600 s)
 NON_STREAMING_MAX_TOKENS = 21_333
+# tighter non-streaming caps for some models (the SDK's MODEL_NONSTREAMING_TOKENS, anthropic 0.116+)
+MODEL_NON_STREAMING_MAX_TOKENS = {
+    "claude-opus-4-20250514": 8_192,
+    "claude-opus-4-0": 8_192,
+    "claude-4-opus-20250514": 8_192,
+    "anthropic.claude-opus-4-20250514-v1:0": 8_192,
+    "claude-opus-4@20250514": 8_192,
+    "claude-opus-4-1-20250805": 8_192,
+    "anthropic.claude-opus-4-1-20250805-v1:0": 8_192,
+    "claude-opus-4-1@20250805": 8_192,
+}
 TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 
 
@@ -103,10 +114,9 @@ class RequestSpec(_Strict):
 
     @property
     def streaming(self) -> bool:
-        """Whether requests go out as SSE streams: on request, or forced by a large max_tokens."""
-        if self.stream is not None and self.max_tokens <= NON_STREAMING_MAX_TOKENS:
-            return self.stream
-        return self.max_tokens > NON_STREAMING_MAX_TOKENS or bool(self.stream)
+        """Whether requests go out as SSE streams: on request, or forced by a max_tokens too large without."""
+        cap = MODEL_NON_STREAMING_MAX_TOKENS.get(self.model, NON_STREAMING_MAX_TOKENS)
+        return self.max_tokens > cap or bool(self.stream)
 
     def fingerprint(self) -> str:
         """A hash of everything that shapes the answer; a change means old answers are stale."""

@@ -94,7 +94,8 @@ def test_streaming_forced_above_non_streaming_cap() -> None:
     small = parse_job(_with(), Path("j.toml")).request
     big = parse_job(_with(max_tokens=NON_STREAMING_MAX_TOKENS + 1, stream=False), Path("j.toml")).request
     asked = parse_job(_with(stream=True), Path("j.toml")).request
-    assert (small.streaming, big.streaming, asked.streaming) == (False, True, True)
+    opus_4 = parse_job(_with(model="claude-opus-4-1-20250805", max_tokens=10_000), Path("j.toml")).request
+    assert (small.streaming, big.streaming, asked.streaming, opus_4.streaming) == (False, True, True, True)
 
 
 def test_fingerprint_tracks_answer_shaping_settings_only() -> None:
