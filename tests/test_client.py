@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fakes import FakeClock
 from pipeline.client import (
     ClientConfig,
     MessagesClient,
@@ -33,23 +34,6 @@ KEY = "sk-ant-api03-SECRET-0123456789abcdef-do-not-leak"
 BASE = "http://api.test"
 
 Step = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-class FakeClock:
-    """Monotonic time the test controls; ``sleep`` records the delay and jumps to the deadline."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        target = self.now + delay
-        await asyncio.sleep(0)  # let other senders run, as a real sleep would
-        self.now = max(self.now, target)
 
 
 class Script:

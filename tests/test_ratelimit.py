@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 from aiolimiter import AsyncLimiter
 
+from fakes import FakeClock
 from pipeline.ratelimit import OutputEstimator, Pacer, PauseGate, RateLimits, Reservation
 from pipeline.records import Usage
 
@@ -174,23 +175,6 @@ async def test_no_limits_means_no_waiting() -> None:
     limits = RateLimits()
     reservation = await limits.acquire(input_tokens=10**9, max_tokens=10**6)
     await limits.settle(reservation, Usage(input_tokens=10**10, output_tokens=10**10))
-
-
-class FakeClock:
-    """A clock and a sleep that records delays and moves the clock to the sleeper's deadline."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        target = self.now + delay
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
 
 
 async def test_gate_without_pause_does_not_sleep() -> None:
