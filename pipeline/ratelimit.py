@@ -22,7 +22,9 @@ from aiolimiter import AsyncLimiter
 
 from pipeline.records import Usage
 
-OUTPUT_WARMUP = 5  # replies seen before the running mean replaces max_tokens as the output estimate
+# Replies seen before the running mean replaces max_tokens as the output estimate. One is enough:
+# OTPM counts real output (docs from 2026-02-19), and settle() charges any shortfall afterwards.
+OUTPUT_WARMUP = 1
 OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply rarely leaves a debt
 LIMIT_HEADERS = {
     "requests": "anthropic-ratelimit-requests-limit",
@@ -142,11 +144,12 @@ class RateLimits:
 
     async def acquire(self, *, input_tokens: int, max_tokens: int) -> Reservation:
         """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken."""
-        reservation = Reservation(max(0, input_tokens), self.output_estimator.estimate(max_tokens))
         if self.requests is not None:
             await self.requests.acquire(1)
         if self.input_tokens is not None:
-            await self.input_tokens.acquire(reservation.input_tokens)
+            await self.input_tokens.acquire(max(0, input_tokens))
+        # estimated only now: replies that arrived while this request waited its turn count
+        reservation = Reservation(max(0, input_tokens), self.output_estimator.estimate(max_tokens))
         if self.output_tokens is not None:
             await self.output_tokens.acquire(reservation.output_tokens)
         return reservation

@@ -116,13 +116,16 @@ async def test_zero_amount_is_free() -> None:
 
 
 def test_output_estimate_starts_at_max_tokens_then_follows_the_mean() -> None:
-    """The estimate is max_tokens for five replies, then the mean plus 20 %, capped at max_tokens."""
+    """The estimate is max_tokens until a reply is seen, then the mean plus 20 %, capped at max_tokens."""
     estimator = OutputEstimator()
-    for _ in range(4):
-        estimator.observe(100)
-        assert estimator.estimate(4096) == 4096
+    assert estimator.estimate(4096) == 4096
     estimator.observe(100)
     assert estimator.estimate(4096) == 120
+    estimator.observe(200)
+    assert estimator.estimate(4096) == 180
+    patient = OutputEstimator(warmup=3)
+    patient.observe(100)
+    assert patient.estimate(4096) == 4096
     assert estimator.estimate(50) == 50
     assert OutputEstimator(warmup=0).estimate(10) == 10  # no data yet: max_tokens, at least 1
 
@@ -160,14 +163,13 @@ async def test_estimates_are_acquired_before_and_shortfalls_after() -> None:
 
 
 async def test_shorter_replies_shrink_the_output_reservation() -> None:
-    """After a few short replies the output reservation follows them instead of holding max_tokens."""
+    """After a short reply the output reservation follows real replies instead of holding max_tokens."""
     limits, _, _, outputs = recording_limits()
-    for _ in range(5):
+    for _ in range(3):
         reservation = await limits.acquire(input_tokens=10, max_tokens=4096)
         await limits.settle(reservation, Usage(input_tokens=10, output_tokens=50))
-    assert outputs.acquired == [4096] * 5
-    await limits.acquire(input_tokens=10, max_tokens=4096)
-    assert outputs.acquired[-1] == 60
+    assert outputs.acquired[0] == 4096
+    assert outputs.acquired[1:3] == [60, 60]
 
 
 async def test_no_limits_means_no_waiting() -> None:
