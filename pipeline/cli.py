@@ -190,8 +190,8 @@ def sandbox(
     """Serve the local sandbox that speaks the Messages API (for trying jobs and for other tools)."""
     from pipeline.sandbox import SandboxConfig, serve
 
-    serve(
-        SandboxConfig(
+    try:
+        config = SandboxConfig(
             host=host,
             port=port,
             seed=seed,
@@ -208,7 +208,12 @@ def sandbox(
             auth=auth,
             shape=shape,
         )
-    )
+    except ValueError as exc:
+        raise ConfigError(f"sandbox: {exc}") from None
+    try:
+        serve(config)
+    except OSError as exc:
+        raise ConfigError(f"sandbox cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _api_key(spec: JobSpec, *, sandbox: bool) -> str:

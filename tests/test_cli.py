@@ -236,3 +236,11 @@ def test_python_dash_m_and_help() -> None:
     assert result.returncode == 0
     for command in ("run", "validate", "sandbox"):
         assert command in result.stdout
+
+
+def test_sandbox_command_refuses_bad_options_in_one_line() -> None:
+    """`pipeline sandbox` with an unknown fault kind exits 2 with one line, no traceback."""
+    result = run_subprocess(["sandbox", "--faults", "529,bogus"])
+    assert result.returncode == 2
+    assert "unknown kinds ['bogus']" in result.stderr
+    assert "Traceback" not in result.stderr
