@@ -80,6 +80,12 @@ def cli() -> None:
 @click.option(
     "--fresh", is_flag=True, help="Start over: ignore earlier results (kept as results.previous.parquet)."
 )
+@click.option(
+    "--retry-errors",
+    metavar="TYPES",
+    help="Which earlier error rows to send again: all, none, or error types (comma-separated). "
+    "Default: all but invalid_request_error, request_too_large and not_found_error.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @_expected_errors
@@ -91,12 +97,14 @@ def run(
     output: Path | None,
     limit: int | None,
     fresh: bool,
+    retry_errors: str | None,
     as_json: bool,
     verbose: int,
 ) -> None:
     """Run JOB: send one request per input row and write OUTPUT/results.parquet."""
     from pipeline.report import summary_json, summary_text
     from pipeline.runner import RunOptions, run_job
+    from pipeline.writer import RetryPolicy
 
     _setup_logging(verbose)
     spec = load_job(job)
@@ -112,6 +120,7 @@ def run(
             output=output if output is not None else Path(spec.output),
             limit=limit,
             fresh=fresh,
+            retry=RetryPolicy.parse(retry_errors),
         )
         outcome = asyncio.run(run_job(spec, options))
     if outcome.fatal is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class InputTable:
     columns: tuple[str, ...]
     arrow_schema: pa.Schema
     id_column: str | None
+    hash_columns: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """The input as users named it, for messages."""
@@ -99,7 +101,7 @@ def open_input(pattern: str, *, id_column: str | None, needed: dict[str, str]) -
             shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")
             raise InputError(f"{files[0]}: no column {column!r} (used by {user}); columns are: {shown}")
     arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
-    table = InputTable(files, frame, columns, arrow_schema, id_column)
+    table = InputTable(files, frame, columns, arrow_schema, id_column, tuple(needed))
     if id_column is not None:
         check_ids(table)
     return table
@@ -130,12 +132,18 @@ def check_ids(table: InputTable) -> None:
     raise InputError(f"{table.describe()}: id_column {column!r} has duplicate values: {shown}")
 
 
-def row_ids(batch: pl.DataFrame, columns: Sequence[str], id_column: str | None) -> list[str]:
-    """Ids for a batch: the id column as text, or a hash of the row's values (stable across runs)."""
+def value_hash(values: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """A stable hash of some cells: Python's JSON (not polars') so it survives library upgrades."""
+    cells = [values.get(column) for column in columns]
+    text = json.dumps(cells, ensure_ascii=False, default=str, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+def row_id(values: Mapping[str, Any], columns: Sequence[str], id_column: str | None) -> str:
+    """A row's id: the id column as text, or a hash of all the row's values."""
     if id_column is not None:
-        return [str(value) for value in batch[id_column].to_list()]
-    encoded = batch.select(pl.struct(list(columns)).struct.json_encode()).to_series().to_list()
-    return [hashlib.blake2b(text.encode(), digest_size=10).hexdigest() for text in encoded]
+        return str(values[id_column])
+    return value_hash(values, columns)
 
 
 def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = None) -> Iterator[SourcedRow]:
@@ -148,12 +156,14 @@ def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = 
     index = 0
     try:
         for batch in frame.collect_batches(chunk_size=batch_size):
-            ids = row_ids(batch, table.columns, table.id_column)
             sources = batch[SOURCE_COLUMN].to_list()
             values = batch.select(table.columns).rows(named=True)
-            for row_id, source, cells in zip(ids, sources, values, strict=True):
-                unique_id = row_id if table.id_column is not None else _dedupe(row_id, seen)
-                yield SourcedRow(Row(index, unique_id, cells), Path(source).parent)
+            for source, cells in zip(sources, values, strict=True):
+                key = row_id(cells, table.columns, table.id_column)
+                if table.id_column is None:
+                    key = _dedupe(key, seen)
+                content = value_hash(cells, table.hash_columns)
+                yield SourcedRow(Row(index, key, cells, content), Path(source).parent)
                 index += 1
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(f"cannot read {table.describe()} near row {index + 1}: {_first_line(exc)}") from None

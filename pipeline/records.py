@@ -53,11 +53,16 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One input row. ``index`` is its position in the input; ``values`` are its cells as read."""
+    """One input row.
+
+    ``index`` is its position in the input; ``values`` are its cells as read; ``content_hash`` hashes
+    the cells that feed the request, so an answer is reused only while they are unchanged.
+    """
 
     index: int
     row_id: str
     values: Mapping[str, Any]
+    content_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from pipeline.records import Result, Row, Sent, Summary, Usage
 from pipeline.sources import describe_cell, load_image
 from pipeline.spec import JobSpec, RequestSpec, template_fields
 from pipeline.wire import MessagePayload
-from pipeline.writer import Journal, ResultStore, output_schema
+from pipeline.writer import Journal, ResultStore, RetryPolicy, output_schema
 
 log = logging.getLogger("pipeline.run")
 
@@ -48,6 +48,7 @@ class RunOptions:
     output: Path
     limit: int | None = None
     fresh: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,7 @@ async def _run_locked(
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
     table = open_job_input(spec, options.input)
-    done = store.done_row_ids(fingerprint)
+    settled = store.settled(fingerprint, options.retry)
     journal = store.new_journal(output_schema(table.arrow_schema))
     recorder = _Recorder(journal, fingerprint)
     limits = spec.limits
@@ -196,7 +197,7 @@ async def _run_locked(
     try:
         async with client:
             try:
-                await _Run(table, done, request, client, recorder).pump(options.limit)
+                await _Run(table, settled, request, client, recorder).pump(options.limit)
             except* FatalApiError as group:
                 first = group.exceptions[0]
                 assert isinstance(first, FatalApiError)
@@ -225,13 +226,14 @@ class _Run:
     def __init__(
         self,
         table: InputTable,
-        done: set[str],
+        settled: dict[str, str],
         request: RequestSpec,
         client: MessagesClient,
         recorder: _Recorder,
     ) -> None:
         self.table = table
-        self.done = done
+        # row_id -> row hash of rows whose latest result stands (ok, or an error not to retry)
+        self.settled = settled
         self.request = request
         self.client = client
         self.recorder = recorder
@@ -259,7 +261,8 @@ class _Run:
             # reading a batch of the table is blocking I/O: do it in a thread
             while (batch := await asyncio.to_thread(_next_batch, rows)) is not None:
                 for sourced in batch:
-                    if sourced.row.row_id in self.done:
+                    row = sourced.row
+                    if self.settled.get(row.row_id) == row.content_hash:
                         tally.skipped += 1
                         continue
                     tally.to_do += 1

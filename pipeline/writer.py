@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,35 @@ TAIL_FIELDS = [
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     pa.field("row_index", pa.int64()),
     pa.field("request_fingerprint", pa.string()),
+    pa.field("row_hash", pa.string()),
 ]
 RESULT_COLUMNS = frozenset(field.name for field in HEAD_FIELDS + TAIL_FIELDS)
+# Errors that come back the same while the request and the row are unchanged: not retried by default.
+NOT_RETRIED_BY_DEFAULT = frozenset({"invalid_request_error", "request_too_large", "not_found_error"})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which earlier error rows a rerun sends again.
+
+    ``types=None`` is the default: every error type but ``excluded``. An explicit set retries exactly
+    those types (empty: none; ``ALL``: every type).
+    """
+
+    types: frozenset[str] | None = None
+    excluded: frozenset[str] = NOT_RETRIED_BY_DEFAULT
+
+    @classmethod
+    def parse(cls, text: str | None) -> RetryPolicy:
+        """``None`` (default), ``all``, ``none`` or a comma-separated list of error types."""
+        if text is None:
+            return cls()
+        words = {word.strip() for word in text.split(",") if word.strip()}
+        if words == {"all"}:
+            return cls(types=None, excluded=frozenset())
+        if words == {"none"} or not words:
+            return cls(types=frozenset())
+        return cls(types=frozenset(words))
 
 
 def output_column(input_column: str) -> str:
@@ -95,6 +123,7 @@ def result_record(result: Result) -> dict[str, Any]:
         finished_at=result.finished_at,
         row_index=result.row.index,
         request_fingerprint=result.fingerprint,
+        row_hash=result.row.content_hash,
     )
     return record
 
@@ -201,20 +230,33 @@ class ResultStore:
             return []
         return sorted(self.journal_dir.glob("*.arrows"))
 
-    def done_row_ids(self, fingerprint: str) -> set[str]:
-        """Rows already answered ``ok`` by a request with this fingerprint (call after ``compact``)."""
+    def settled(self, fingerprint: str, retry: RetryPolicy) -> dict[str, str]:
+        """Rows not to send again, as row_id -> row_hash (call after ``compact``).
+
+        A row is settled when its latest result came from a request with this fingerprint and is
+        ``ok``, or an error that ``retry`` does not retry. The runner also compares the row's
+        current hash, so a row whose request-feeding cells changed is sent again.
+        """
         if not self.results_path.exists():
-            return set()
+            return {}
+        error_type = pl.col("error_type").fill_null("")
+        if retry.types is None:
+            not_retried = error_type.is_in(list(retry.excluded))
+        else:
+            not_retried = ~error_type.is_in(list(retry.types))
+        keep = (pl.col("status") == "ok") | ((pl.col("status") == "error") & not_retried)
         try:
-            done = (
-                pl.scan_parquet(self.results_path)
-                .filter((pl.col("status") == "ok") & (pl.col("request_fingerprint") == fingerprint))
-                .select("row_id")
+            frame = pl.scan_parquet(self.results_path)
+            if "row_hash" not in frame.collect_schema().names():
+                frame = frame.with_columns(pl.lit("").alias("row_hash"))
+            settled = (
+                frame.filter(keep & (pl.col("request_fingerprint") == fingerprint))
+                .select("row_id", pl.col("row_hash").fill_null(""))
                 .collect()
             )
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise OutputError(f"cannot read {self.results_path}: {exc}") from None
-        return set(done["row_id"].to_list())
+        return dict(zip(settled["row_id"].to_list(), settled["row_hash"].to_list(), strict=True))
 
     def compact(self) -> int:
         """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from pipeline.errors import OutputError
 from pipeline.lock import locked_output
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
-from pipeline.writer import ResultStore, output_schema, read_journal
+from pipeline.writer import ResultStore, RetryPolicy, output_schema, read_journal
 
 INPUT = pa.schema([("id", pa.large_string()), ("status", pa.large_string()), ("n", pa.int64())])
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -81,15 +82,19 @@ def test_torn_journal_tail_is_dropped_not_fatal(tmp_path: Path) -> None:
     assert table.column("row_id").to_pylist() == ["r0"]
 
 
-def test_done_row_ids_respects_fingerprint(tmp_path: Path) -> None:
-    """Only ok rows answered under the current fingerprint count as done."""
+def test_settled_rows_respect_fingerprint_and_retry_policy(tmp_path: Path) -> None:
+    """Ok rows under the current fingerprint are settled; error rows only when the policy skips their type."""
     store = ResultStore(tmp_path)
     store.prepare()
     journal = store.new_journal(output_schema(INPUT))
-    journal.append([_result(0), _result(1, "error"), _result(2, fingerprint="old")])
+    bad_request = replace(_result(3, "error"), error_type="invalid_request_error")
+    journal.append([_result(0), _result(1, "error"), _result(2, fingerprint="old"), bad_request])
     journal.close()
     store.compact()
-    assert store.done_row_ids("fp") == {"r0"}
+    assert set(store.settled("fp", RetryPolicy())) == {"r0", "r3"}
+    assert set(store.settled("fp", RetryPolicy.parse("all"))) == {"r0"}
+    assert set(store.settled("fp", RetryPolicy.parse("none"))) == {"r0", "r1", "r3"}
+    assert set(store.settled("fp", RetryPolicy.parse("invalid_request_error"))) == {"r0", "r1"}
 
 
 def test_fresh_keeps_previous_results_aside(tmp_path: Path) -> None:
