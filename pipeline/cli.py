@@ -21,7 +21,7 @@ import click
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.spec import JobSpec, load_job
 
-EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 SANDBOX_KEY = "sk-sandbox-not-a-real-key"
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +86,20 @@ def cli() -> None:
     help="Which earlier error rows to send again: all, none, or error types (comma-separated). "
     "Default: all but invalid_request_error, request_too_large and not_found_error.",
 )
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Exit 0 while error rows stay at or below this share of the rows sent (0: any error exits 1).",
+)
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="After Ctrl-C or SIGTERM, how long requests in flight may finish (a second signal stops at once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @_expected_errors
@@ -98,6 +112,8 @@ def run(
     limit: int | None,
     fresh: bool,
     retry_errors: str | None,
+    max_error_rate: float,
+    grace_s: float,
     as_json: bool,
     verbose: int,
 ) -> None:
@@ -121,19 +137,31 @@ def run(
             limit=limit,
             fresh=fresh,
             retry=RetryPolicy.parse(retry_errors),
+            grace_s=grace_s,
         )
         outcome = asyncio.run(run_job(spec, options))
+    summary = outcome.summary
+    sent = summary.rows_ok + summary.rows_error
     if outcome.fatal is not None:
         code = EXIT_CANNOT_RUN
-    elif outcome.summary.rows_error:
+    elif outcome.interrupted is not None:
+        code = EXIT_TERMINATED if outcome.interrupted == "SIGTERM" else EXIT_INTERRUPTED
+    elif summary.rows_error and summary.rows_error / sent > max_error_rate:
         code = EXIT_ROW_ERRORS
     else:
         code = EXIT_OK
-    click.echo(summary_text(outcome.summary, output=str(outcome.output / "results.parquet")), err=True)
+    results = outcome.output / "results.parquet"
+    click.echo(summary_text(summary, output=str(results)), err=True)
     if as_json:
-        click.echo(summary_json(outcome.summary, output=str(outcome.output), exit_code=code))
+        click.echo(summary_json(summary, output=str(outcome.output), exit_code=code))
     if outcome.fatal is not None:
         _fail(f"the API refused the run at {options.base_url}: {outcome.fatal}; results so far are saved")
+    if outcome.interrupted is not None:
+        click.echo(
+            f"pipeline: stopped by {outcome.interrupted}: {sent} rows answered this run are saved"
+            f" in {results}; rerun to continue",
+            err=True,
+        )
     sys.exit(code)
 
 
@@ -158,6 +186,22 @@ def validate(job: Path, input_: str | None, show: int) -> None:
         err=True,
     )
     sys.exit(EXIT_ROW_ERRORS if report.problems else EXIT_OK)
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+@_expected_errors
+def status(output: Path, as_json: bool) -> None:
+    """Summarise an output directory (counts, errors by type, tokens) without any network."""
+    from pipeline.status import read_status, status_json, status_text
+
+    state = read_status(output)
+    if as_json:
+        click.echo(status_json(state))
+    else:
+        click.echo(status_text(state))
+    sys.exit(EXIT_ROW_ERRORS if state.error else EXIT_OK)
 
 
 @cli.command()

@@ -49,3 +49,19 @@ def _holder(path: Path) -> str:
         return f"pid {info['pid']}, started {info['started_at']}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"
+
+
+def lock_holder(directory: Path) -> str | None:
+    """Who holds the directory's lock right now ("pid N, started T"), or None; changes nothing."""
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    finally:
+        os.close(fd)  # also drops the shared lock if we got it
+    return None

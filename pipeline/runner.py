@@ -16,16 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from pipeline.build import build_payload, estimate_input_tokens
 from pipeline.client import ClientConfig, MessagesClient
-from pipeline.errors import ApiError, FatalApiError, RowError
+from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
 from pipeline.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.lock import locked_output
 from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
 from pipeline.records import Result, Row, Sent, Summary, Usage
+from pipeline.shutdown import Shutdown
 from pipeline.sources import describe_cell, load_image
 from pipeline.spec import JobSpec, RequestSpec, template_fields
 from pipeline.wire import MessagePayload
@@ -49,6 +51,7 @@ class RunOptions:
     limit: int | None = None
     fresh: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    grace_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class RunOutcome:
     output: Path
     results_rows: int
     fatal: FatalApiError | None = None
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,18 +197,23 @@ async def _run_locked(
         output_tokens_per_minute=limits.output_tokens_per_minute,
     )
     fatal: FatalApiError | None = None
+    stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
+    shutdown = Shutdown(options.grace_s)
     try:
         async with client:
             try:
-                await _Run(table, settled, request, client, recorder).pump(options.limit)
+                await _Run(table, settled, request, client, recorder).pump(options.limit, shutdown)
             except* FatalApiError as group:
-                first = group.exceptions[0]
-                assert isinstance(first, FatalApiError)
-                fatal = first
+                fatal = _first(group, FatalApiError)
+            except* PipelineError as group:
+                # an unwritable journal or an input that breaks halfway: what is journalled stays
+                stopped_by = _first(group, PipelineError)
     finally:
         journal.close()
         results_rows = store.compact()
+    if stopped_by is not None:
+        raise stopped_by
     tally = recorder.tally
     summary = Summary(
         rows_total=tally.to_do + tally.skipped,
@@ -217,7 +226,26 @@ async def _run_locked(
         retries=client.retries,
         wall_s=time.monotonic() - started,
     )
-    return RunOutcome(summary=summary, output=options.output, results_rows=results_rows, fatal=fatal)
+    return RunOutcome(
+        summary=summary,
+        output=options.output,
+        results_rows=results_rows,
+        fatal=fatal,
+        interrupted=shutdown.signal_name,
+    )
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[E]) -> E:
+    """The first exception of ``kind`` in a (possibly nested) group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc, kind)
+        if isinstance(exc, kind):
+            return exc
+    raise AssertionError(f"no {kind.__name__} in {group!r}")
 
 
 class _Run:
@@ -241,17 +269,41 @@ class _Run:
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=max(4, 2 * client.config.concurrency))
         # rows being read or encoded at once: enough to keep both the CPU and the senders busy
         self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
+        self.stopping = False
+        self.in_flight = 0
 
-    async def pump(self, limit: int | None) -> None:
-        """Produce and send every row; returns when all are recorded, raises on a fatal API error."""
+    async def pump(self, limit: int | None, shutdown: Shutdown) -> None:
+        """Produce and send every row; returns when all are recorded or a signal stopped the run.
+
+        Raises (inside an ExceptionGroup) what stops a run: a fatal API error, an unwritable output,
+        an input that turns unreadable halfway.
+        """
         async with asyncio.TaskGroup() as group:
             workers = [group.create_task(self._send_loop()) for _ in range(self.client.config.concurrency)]
             reporter = group.create_task(_report_progress(self.recorder.tally))
-            await self._produce(limit)
-            for _ in workers:
-                await self.queue.put(None)
-            await asyncio.gather(*workers)
-            reporter.cancel()
+            producer = group.create_task(self._produce(limit))
+            shutdown.in_flight = lambda: self.in_flight
+            shutdown.install(
+                stop=lambda: self._stop(producer, len(workers)), abort=lambda: _cancel(producer, *workers)
+            )
+            try:
+                await asyncio.wait([producer])
+                if not shutdown.requested:
+                    for _ in workers:
+                        await self.queue.put(None)
+                await asyncio.wait(workers)
+            finally:
+                shutdown.uninstall()
+                reporter.cancel()
+
+    def _stop(self, producer: asyncio.Task[None], workers: int) -> None:
+        """Graceful stop: read and prepare nothing more, drop queued work, let senders finish."""
+        self.stopping = True
+        producer.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()  # never sent, so never paid: a rerun picks these rows up
+        for _ in range(workers):
+            self.queue.put_nowait(None)  # wakes idle senders; the queue holds at least one per sender
 
     async def _produce(self, limit: int | None) -> None:
         """Stream rows into the queue; image rows are prepared concurrently, a bounded number at a time."""
@@ -308,6 +360,9 @@ class _Run:
 
     async def _send_loop(self) -> None:
         while (work := await self.queue.get()) is not None:
+            if self.stopping:
+                continue
+            self.in_flight += 1
             try:
                 sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
             except FatalApiError:
@@ -319,6 +374,8 @@ class _Run:
                 self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
             else:
                 self.recorder.ok(work.row, sent)
+            finally:
+                self.in_flight -= 1
 
 
 def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
@@ -328,6 +385,11 @@ def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
         for column in request.images
         if (value := row.values.get(column)) is not None and str(value).strip()
     ]
+
+
+def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
 
 
 def _next_batch(rows: Iterator[SourcedRow], size: int = 500) -> list[SourcedRow] | None:

@@ -263,18 +263,28 @@ class ResultStore:
         journals = self.journals()
         if not journals:
             return self._count()
-        frames = list(self._frames(journals))
-        if not frames:
+        merged = self._merge(journals)
+        if merged is None:
             self._remove(journals)
             return self._count()
+        self._write_atomically(merged)
+        self._remove(journals)
+        return merged.height
+
+    def snapshot(self) -> pl.DataFrame | None:
+        """What ``results.parquet`` would hold after compaction, read without writing anything."""
+        return self._merge(self.journals())
+
+    def _merge(self, journals: list[Path]) -> pl.DataFrame | None:
+        frames = list(self._frames(journals))
+        if not frames:
+            return None
         merged = (
             pl.concat(frames, how="diagonal_relaxed")
             .unique(subset="row_id", keep="last", maintain_order=True)
             .sort("row_index", maintain_order=True)
         )
-        self._write_atomically(_order_columns(merged))
-        self._remove(journals)
-        return merged.height
+        return _order_columns(merged)
 
     def start_fresh(self) -> None:
         """``--fresh``: keep the old results as ``results.previous.parquet`` and forget them."""
