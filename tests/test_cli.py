@@ -209,15 +209,12 @@ def test_rejected_key_is_exit_2_and_never_printed(tmp_path: Path) -> None:
             assert FAKE_KEY.encode() not in path.read_bytes()
 
 
-def test_row_errors_give_exit_1_and_rerun_retries_them(tmp_path: Path) -> None:
-    """Rows the API rejects are errors (exit 1) kept in the output; a rerun tries only those rows."""
-    job = text_job(tmp_path, rows=6, max_tokens=64)
+def test_row_errors_give_exit_1_and_a_fixed_row_is_resent(tmp_path: Path) -> None:
+    """Rows the API rejects are errors (exit 1) kept in the output; fixing one in the input resends it."""
+    job = text_job(tmp_path, rows=3)
     csv = tmp_path / "input.csv"
-    # temperature above 1 is rejected by the sandbox per row? No: make rows bad through the prompt instead:
-    # an empty prompt text block is a 400, so rows with an empty topic and an empty template fail.
-    job.write_text(job.read_text().replace('"Say something about {topic}."', '"{topic}"'))
-    csv.write_text("id,topic\n0,fine\n1,\n2,also fine\n")
-    with running_sandbox() as sandbox:
+    csv.write_text("id,topic\n0,fine\n1,REJECT-ME\n2,also fine\n")
+    with running_sandbox(SandboxConfig(reject_marker="REJECT-ME")) as sandbox:
         first = invoke(["run", str(job), "--base-url", sandbox.base_url])
         assert first.exit_code == 1, first.output
         frame = pl.read_parquet(tmp_path / "out" / "results.parquet")

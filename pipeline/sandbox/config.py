@@ -24,6 +24,8 @@ class SandboxConfig:
     :param auth: which header carries the key: ``x-api-key``, ``bearer`` or ``any``.
     :param shape: ``anthropic`` or ``openai`` (choices/prompt_tokens replies, as some providers send).
     :param spend_limit_after: after this many answers every request gets the spend-cap 429.
+    :param reject_marker: a request whose last user text contains this is refused with a 400, as the
+        API refuses content it will not take; tests use it to make chosen rows invalid.
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +45,7 @@ class SandboxConfig:
     auth: str = "any"
     shape: str = "anthropic"
     spend_limit_after: int | None = None
+    reject_marker: str | None = None
 
     def __post_init__(self) -> None:
         # fail at construction, not on the first request, so a CLI typo is a clear message

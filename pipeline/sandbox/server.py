@@ -250,6 +250,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             raise _spend_cap(config)
         body = await _read_json(request)
         parsed = parse_request(body)
+        if config.reject_marker and config.reject_marker in parsed.last_user_text:
+            raise RequestError("messages.0.content: the sandbox refuses this content (reject_marker)")
         if state.limiter.active:
             wait = state.limiter.admit(parsed.input_tokens)
             if wait is not None:
