@@ -58,7 +58,10 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("pipeline.run").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    # a fixed width keeps --help identical everywhere, so the README can show it verbatim (tests/test_docs.py)
+    context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100}
+)
 @click.version_option(package_name="pipeline")
 def cli() -> None:
     """Batch vision and text jobs on the Anthropic Messages API: a table in, Parquet out."""
