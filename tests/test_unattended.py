@@ -274,3 +274,14 @@ def test_fake_key_never_reaches_outputs_logs_or_errors(tmp_path: Path) -> None:
         assert FAKE_KEY.encode() not in path.read_bytes(), path
     status = run_subprocess(["status", str(tmp_path / "out")], key=None)
     assert FAKE_KEY not in status.stdout + status.stderr
+
+
+def test_changing_only_limits_invalidates_nothing(tmp_path: Path) -> None:
+    """A rerun after editing [limits] (concurrency, rates, attempts) sends nothing."""
+    job = text_job(tmp_path, rows=6)
+    with running_sandbox() as sandbox:
+        assert invoke(["run", str(job), "--base-url", sandbox.base_url]).exit_code == 0
+        text = job.read_text().replace("concurrency = 4", "concurrency = 2\nrequests_per_minute = 500")
+        job.write_text(text.replace("max_attempts = 6", "max_attempts = 3"))
+        assert invoke(["run", str(job), "--base-url", sandbox.base_url]).exit_code == 0
+        assert sandbox.stats()["requests_total"] == 6
