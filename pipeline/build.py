@@ -1,7 +1,8 @@
 """Turns a row's cells plus the job's ``[request]`` into a Messages payload. Pure: no I/O, no clock.
 
 Owns: prompt rendering, the payload shape (images before the prompt text, as the vision docs advise),
-and the local input-token estimate the rate limiter charges before a request is sent.
+the local input-token estimate the rate limiter charges before a request is sent, and refusing a
+request the API would reject for its size (so that row is an error and nothing is sent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from pipeline.wire import ImageBlock, MessagePayload, TextBlock, ToolParam, User
 CHARS_PER_TOKEN = 3.5
 # Per-message and per-request framing the API adds around the content.
 MESSAGE_OVERHEAD_TOKENS = 8
+# The API's cap on a Messages body (reference §1: "32 MB"), read as decimal megabytes: a body between
+# 32,000,000 bytes and 32 MiB is refused here rather than risked there.
+MAX_BODY_BYTES = 32_000_000
+# Most JSON bytes one character of text becomes as httpx sends it (ensure_ascii=False): six for an
+# escaped control character (\u001f), at most four UTF-8 bytes for anything else.
+MAX_JSON_BYTES_PER_CHAR = 6
+# Keys, punctuation and numbers around the content, and around each block, generously.
+FRAME_BYTES = 16_384
+BLOCK_FRAME_BYTES = 256
 
 
 class _Formatter(string.Formatter):
@@ -69,15 +79,23 @@ def build_payload(
         }
         for image in images
     ]
-    content.append({"type": "text", "text": render_template(request.prompt, cells)})
+    prompt = render_template(request.prompt, cells)
+    if not prompt.strip():
+        # the API answers 400 to an empty text block: refuse here, once, instead of sending it
+        raise RowError(
+            "the prompt renders empty for this row (its columns are empty); the API rejects empty text",
+            error_type="template_error",
+        )
+    content.append({"type": "text", "text": prompt})
     message: UserMessage = {"role": "user", "content": content}
     payload: MessagePayload = {
         "model": request.model,
         "max_tokens": request.max_tokens,
         "messages": [message],
     }
-    if request.system is not None:
-        payload["system"] = render_template(request.system, cells)
+    system = render_template(request.system, cells) if request.system is not None else ""
+    if system.strip():  # an empty system prompt says nothing: leave it out rather than risk a 400
+        payload["system"] = system
     if request.temperature is not None:
         payload["temperature"] = request.temperature
     if request.top_p is not None:
@@ -107,3 +125,45 @@ def estimate_input_tokens(payload: MessagePayload, images: Sequence[PreparedImag
     text_tokens = math.ceil(chars / CHARS_PER_TOKEN)
     image_tokens = sum(estimate_image_tokens(image.width, image.height) for image in images)
     return text_tokens + image_tokens + MESSAGE_OVERHEAD_TOKENS * len(payload["messages"])
+
+
+def check_request_size(
+    payload: MessagePayload,
+    input_tokens: int,
+    max_input_tokens: int,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """Refuse a request the API would reject for its size; the caller records the row's error.
+
+    :param input_tokens: ``estimate_input_tokens`` of this payload (an estimate that errs high).
+    :param max_input_tokens: the job's limit (``RequestSpec.input_token_limit``).
+    :param max_body_bytes: the cap on the JSON body (tests make it small).
+    :raises RowError: ``request_too_large`` when the estimate is over ``max_input_tokens``, or the
+        JSON body is over ``max_body_bytes``.
+    """
+    if input_tokens > max_input_tokens:
+        raise RowError(
+            f"prompt is about {input_tokens:,} tokens, over the model's context window of "
+            f"{max_input_tokens:,} (request.max_input_tokens)",
+            error_type="request_too_large",
+        )
+    blocks = [block for message in payload["messages"] for block in message["content"]]
+    image_bytes = sum(len(block["source"]["data"]) for block in blocks if block["type"] == "image")
+    # The estimate counts every text character (system, prompt, tools) at CHARS_PER_TOKEN, so it bounds
+    # the text without serialising: only a body that could be near the cap pays for json.dumps.
+    text_chars = math.ceil(input_tokens * CHARS_PER_TOKEN) + len(payload["model"])
+    text_chars += sum(len(stop) for stop in payload.get("stop_sequences", ()))
+    text_chars += len(json.dumps(payload["tool_choice"])) if "tool_choice" in payload else 0
+    bound = image_bytes + text_chars * MAX_JSON_BYTES_PER_CHAR + FRAME_BYTES + BLOCK_FRAME_BYTES * len(blocks)
+    if bound <= max_body_bytes:
+        return
+    # serialised as httpx serialises the body it sends
+    size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > max_body_bytes:
+        raise RowError(
+            f"request body is {size / 1e6:.1f} MB ({image_bytes / 1e6:.1f} MB of it images), over the "
+            f"API's limit of {max_body_bytes / 1e6:g} MB; send fewer or smaller images per row "
+            "(request.image_max_edge)",
+            error_type="request_too_large",
+        )

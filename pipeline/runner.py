@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import httpx
 
-from pipeline.build import build_payload, estimate_input_tokens
+from pipeline.build import build_payload, check_request_size, estimate_input_tokens
 from pipeline.client import ClientConfig, MessagesClient
 from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
 from pipeline.images import ImagePolicy, PreparedImage, prepare_image
@@ -141,12 +141,14 @@ class _Recorder:
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:
     """Input columns the job reads, each with what reads it (for the missing-column message)."""
-    needed = {name: "request.prompt" for name in template_fields(request.prompt)}
+    users = [("request.prompt", template_fields(request.prompt)), ("request.images", request.images)]
     if request.system is not None:
-        needed.update(
-            {name: "request.system" for name in template_fields(request.system) if name not in needed}
-        )
-    needed.update({name: "request.images" for name in request.images if name not in needed})
+        users.insert(1, ("request.system", template_fields(request.system)))
+    needed: dict[str, str] = {}
+    for user, columns in users:
+        for name in columns:
+            # every user is named: the image-type check looks for "request.images" among them
+            needed[name] = f"{needed[name]}, {user}" if name in needed else user
     return needed
 
 
@@ -212,6 +214,8 @@ async def _run_locked(
     finally:
         journal.close()
         results_rows = store.compact()
+        if stopped_by is None:
+            store.ensure_results(journal.schema)
     if stopped_by is not None:
         raise stopped_by
     tally = recorder.tally
@@ -336,6 +340,9 @@ class _Run:
         try:
             images = await self._load_images(sourced)
             payload = build_payload(self.request, row.values, images)
+            input_tokens = estimate_input_tokens(payload, images)
+            # a request the API would refuse for its size is this row's error, and is never sent
+            check_request_size(payload, input_tokens, self.request.input_token_limit)
         except RowError as exc:
             self.recorder.error(row, exc.error_type, str(exc), attempts=0)
             return None
@@ -343,7 +350,7 @@ class _Run:
             log.exception("unexpected error preparing row %s", row.row_id)
             self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
             return None
-        return _Work(row, payload, estimate_input_tokens(payload, images))
+        return _Work(row, payload, input_tokens)
 
     async def _load_images(self, sourced: SourcedRow) -> list[PreparedImage]:
         cells = image_cells(self.request, sourced.row)
@@ -351,7 +358,11 @@ class _Run:
         prepared: list[PreparedImage] = []
         for column, cell in cells:
             data = await load_image(
-                cell, base_dir=sourced.base_dir, http=self.client.http, timeout_s=self.client.config.timeout_s
+                cell,
+                base_dir=sourced.base_dir,
+                http=self.client.http,
+                root=self.request.image_root,
+                timeout_s=self.client.config.timeout_s,
             )
             label = f"{column} {describe_cell(cell)}"
             # Decoding and re-encoding is CPU work: keep it off the event loop.

@@ -4,6 +4,12 @@ Owns: telling the kinds of cell apart, reading files (in a thread, never on the 
 data URIs, and downloading URLs under a byte cap and a total deadline. Every failure becomes a
 one-line ImageError that names the cell safely: a URL loses its query string and credentials (they
 may hold tokens), a data URI is shown by its length only. What the bytes are is ``images``' business.
+
+Path policy: a relative path resolves against the input file's folder; absolute paths, ``..`` and
+symlinks are followed (the table and the machine are the user's own). With ``root`` (the job's
+``request.image_root``), a local path must still be inside ``root`` once every symlink is resolved,
+or the row is an ImageError. This confines what a table can make the pipeline read and upload; it is
+a check on the path at read time, not a guard against files being swapped while the job runs.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ async def load_image(
     *,
     base_dir: Path,
     http: httpx.AsyncClient,
+    root: str | Path | None = None,
     timeout_s: float = 30.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> bytes:
@@ -80,20 +87,26 @@ async def load_image(
 
     :param base_dir: where relative paths resolve (the input file's directory).
     :param http: the run's client; its API headers are stripped before any image request.
+    :param root: when set, local paths must resolve (symlinks included) to a file inside it.
     :param timeout_s: deadline for a whole download (connect, headers and body).
     :param max_bytes: refuse anything larger; files are checked before reading, downloads stop here.
     :raises ImageError: one line naming the cell (see ``describe_cell``) and the reason.
     """
     if is_remote(cell):
         return await _download(cell.strip(), http=http, timeout_s=timeout_s, max_bytes=max_bytes)
-    return await load_local_image(cell, base_dir=base_dir, max_bytes=max_bytes)
+    return await load_local_image(cell, base_dir=base_dir, root=root, max_bytes=max_bytes)
 
 
-async def load_local_image(cell: str, *, base_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+async def load_local_image(
+    cell: str, *, base_dir: Path, root: str | Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
     """The bytes of a local path or ``data:`` URI cell; no network (``validate`` uses this).
 
-    :raises ImageError: for a missing, unreadable, empty or oversized file, a bad data URI, or a
-        URL (http(s) cells belong to ``load_image``; other schemes are not supported).
+    :param root: when set, the path must resolve (symlinks included) to a file inside it; data:
+        URIs are unaffected.
+    :raises ImageError: for a missing, unreadable, empty or oversized file, a path outside ``root``,
+        a bad data URI, or a URL (http(s) cells belong to ``load_image``; other schemes are not
+        supported).
     """
     label = describe_cell(cell)
     text = cell.strip()
@@ -110,11 +123,29 @@ async def load_local_image(cell: str, *, base_dir: Path, max_bytes: int = DEFAUL
     path = Path(text)
     if not path.is_absolute():
         path = base_dir / path
-    return await asyncio.to_thread(_read_file, path, label=label, max_bytes=max_bytes)
+    confine = None if root is None else Path(root)
+    return await asyncio.to_thread(_read_file, path, label=label, max_bytes=max_bytes, root=confine)
 
 
-def _read_file(path: Path, *, label: str, max_bytes: int) -> bytes:
-    """Read a regular file of at most ``max_bytes``; blocking, so it runs in a thread."""
+def _confined(path: Path, root: Path, *, label: str) -> Path:
+    """``path`` with every symlink and ``..`` resolved, provided that lands inside ``root``."""
+    try:
+        resolved = path.resolve()
+        inside = resolved.is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        # RuntimeError: a symlink loop (Python 3.11); ValueError: a NUL byte in the path
+        raise ImageError(f"{label}: cannot resolve the path (a symlink loop?)") from None
+    if not inside:
+        shown = f" (it resolves to {resolved})" if str(resolved) != label else ""
+        raise ImageError(f"{label}: is outside image_root {root}{shown}")
+    return resolved
+
+
+def _read_file(path: Path, *, label: str, max_bytes: int, root: Path | None = None) -> bytes:
+    """Read a regular file of at most ``max_bytes`` (inside ``root``, if given); blocking: run in a thread."""
+    if root is not None:
+        # read the resolved path, not the given one: what was checked is what gets opened
+        path = _confined(path, root, label=label)
     where = f" ({path})" if str(path) != label else ""
     try:
         # stat before open: opening a FIFO would block, and the size check must precede the read

@@ -33,6 +33,13 @@ MODEL_NON_STREAMING_MAX_TOKENS = {
     "claude-opus-4-1@20250805": 8_192,
 }
 TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
+# Context windows (reference §12): 1M tokens for these families, 200k for every other model.
+LONG_CONTEXT_PREFIXES = ("claude-opus-5", "claude-sonnet-5", "claude-fable-5", "claude-mythos-5")
+LONG_CONTEXT_TOKENS = 1_000_000
+DEFAULT_CONTEXT_TOKENS = 200_000
+# Settings that decide whether a row is sent, not what the answer is: kept out of the fingerprint so
+# that changing them does not re-send (and re-pay for) every finished row.
+NOT_FINGERPRINTED = frozenset({"stream", "max_input_tokens", "image_root"})
 
 
 class _Strict(BaseModel):
@@ -77,6 +84,8 @@ class RequestSpec(_Strict):
     tools: list[ToolSpec] = Field(default_factory=list)
     tool_choice: dict[str, Any] | None = None
     stream: bool | None = None
+    max_input_tokens: int | None = Field(default=None, ge=1)
+    image_root: str | None = Field(default=None, min_length=1)
 
     @field_validator("prompt", "system")
     @classmethod
@@ -118,9 +127,16 @@ class RequestSpec(_Strict):
         cap = MODEL_NON_STREAMING_MAX_TOKENS.get(self.model, NON_STREAMING_MAX_TOKENS)
         return self.max_tokens > cap or bool(self.stream)
 
+    @property
+    def input_token_limit(self) -> int:
+        """Most input tokens one request may hold: ``max_input_tokens``, else the model's context window."""
+        if self.max_input_tokens is not None:
+            return self.max_input_tokens
+        return LONG_CONTEXT_TOKENS if self.model.startswith(LONG_CONTEXT_PREFIXES) else DEFAULT_CONTEXT_TOKENS
+
     def fingerprint(self) -> str:
         """A hash of everything that shapes the answer; a change means old answers are stale."""
-        settings = self.model_dump(mode="json", exclude={"stream"})
+        settings = self.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -208,8 +224,19 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
     except ValidationError as exc:
         raise SpecError(f"{path}: {describe_validation_error(exc)}") from None
     base = path.parent
+    request = spec.request
+    if request.image_root is not None:
+        root = _resolve(base, request.image_root)
+        # checked here so a typo is one error for the job, not an image_error on every row
+        if not Path(root).is_dir():
+            raise SpecError(f"{path}: request.image_root: {root!r} is not a directory")
+        request = request.model_copy(update={"image_root": root})
     return spec.model_copy(
-        update={"input": _resolve(base, spec.input), "output": _resolve(base, spec.output)}
+        update={
+            "input": _resolve(base, spec.input),
+            "output": _resolve(base, spec.output),
+            "request": request,
+        }
     )
 
 

@@ -271,6 +271,13 @@ class ResultStore:
         self._remove(journals)
         return merged.height
 
+    def ensure_results(self, schema: pa.Schema) -> None:
+        """Leave a valid, empty ``results.parquet`` when a run had nothing to record (a header-only input)."""
+        if not self.results_path.exists():
+            empty = pl.from_arrow(schema.empty_table())
+            assert isinstance(empty, pl.DataFrame)
+            self._write_atomically(empty)
+
     def snapshot(self) -> pl.DataFrame | None:
         """What ``results.parquet`` would hold after compaction, read without writing anything."""
         return self._merge(self.journals())

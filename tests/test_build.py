@@ -1,14 +1,15 @@
-"""Building payloads: prompt rendering, block order, optional parameters, token estimate."""
+"""Building payloads: prompt rendering, block order, optional parameters, token estimate, size limits."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.build import build_payload, estimate_input_tokens, render_template
+from pipeline.build import build_payload, check_request_size, estimate_input_tokens, render_template
 from pipeline.errors import RowError
 from pipeline.images import PreparedImage
 from pipeline.spec import parse_job
@@ -90,3 +91,72 @@ def test_any_cells_build_a_valid_payload(cells: dict[str, object]) -> None:
     assert payload["messages"][0]["role"] == "user"
     assert payload["messages"][0]["content"][-1]["type"] == "text"
     assert estimate_input_tokens(payload, []) > 0
+
+
+def _big_image(b64_chars: int) -> PreparedImage:
+    return PreparedImage(
+        media_type="image/jpeg",
+        data_b64="A" * b64_chars,
+        width=1568,
+        height=1568,
+        source_bytes=b64_chars * 3 // 4,
+        passed_through=False,
+    )
+
+
+def test_prompt_over_the_context_window_is_request_too_large() -> None:
+    """An estimate above the token limit is a request_too_large row error naming both numbers."""
+    payload = build_payload(_request(), {"x": "a" * 7000}, [])
+    tokens = estimate_input_tokens(payload, [])
+    check_request_size(payload, tokens, tokens)
+    expected = rf"about {tokens:,} tokens, over .* of {tokens - 1:,} \(request.max_input_tokens\)"
+    with pytest.raises(RowError, match=expected) as info:
+        check_request_size(payload, tokens, tokens - 1)
+    assert info.value.error_type == "request_too_large"
+
+
+def test_body_over_32_mb_is_request_too_large() -> None:
+    """Seven 5 MB images make a body over the API's 32 MB cap: refused; six are not."""
+    images = [_big_image(4_900_000)] * 7
+    payload = build_payload(_request(), {"x": "a"}, images)
+    with pytest.raises(RowError, match=r"request body is 34\.3 MB .* limit of 32 MB") as info:
+        check_request_size(payload, estimate_input_tokens(payload, images), 200_000)
+    assert info.value.error_type == "request_too_large"
+    payload = build_payload(_request(), {"x": "a"}, images[:6])
+    check_request_size(payload, estimate_input_tokens(payload, images[:6]), 200_000)
+
+
+def test_context_window_defaults_by_model_and_yields_to_the_job() -> None:
+    """1M tokens for the 5-series long-context families, 200k otherwise, max_input_tokens over both."""
+    assert _request(model="claude-opus-5").input_token_limit == 1_000_000
+    assert _request(model="claude-sonnet-5-20260601").input_token_limit == 1_000_000
+    assert _request(model="claude-haiku-4-5").input_token_limit == 200_000
+    assert _request(model="claude-opus-5", max_input_tokens=5000).input_token_limit == 5000
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prompt=st.text(st.characters(codec="utf-8"), max_size=4000),
+    system=st.none() | st.text(st.characters(codec="utf-8"), max_size=300),
+    limit=st.integers(min_value=300, max_value=60_000),
+)
+def test_body_check_agrees_with_the_serialised_size(prompt: str, system: str | None, limit: int) -> None:
+    """Whatever the text (escapes, astral characters), the check refuses exactly the bodies over the cap."""
+    request = _request(prompt="Q: {x}", **({} if system is None else {"system": "{s}"}))
+    payload = build_payload(request, {"x": prompt, "s": system}, [])
+    size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    try:
+        check_request_size(payload, estimate_input_tokens(payload, []), 10**9, max_body_bytes=limit)
+    except RowError:
+        assert size > limit
+    else:
+        assert size <= limit
+
+
+def test_empty_prompt_is_a_row_error_and_empty_system_is_left_out() -> None:
+    """A prompt that renders to whitespace is refused (the API 400s it); an empty system prompt is omitted."""
+    with pytest.raises(RowError, match="renders empty") as info:
+        build_payload(_request(prompt="{x}"), {"x": "  "}, [])
+    assert info.value.error_type == "template_error"
+    payload = build_payload(_request(system="{y}"), {"x": "a", "y": None}, [])
+    assert "system" not in payload

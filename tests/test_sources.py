@@ -133,6 +133,42 @@ async def test_absolute_path_is_used_as_is(tmp_path: Path) -> None:
     assert await load_local_image(str(tmp_path / "a.png"), base_dir=Path("/nonexistent")) == PNG
 
 
+async def test_dotdot_and_symlinks_are_followed_without_a_root(tmp_path: Path) -> None:
+    """By default ``..`` and symlinks lead wherever they point: the table is the user's own."""
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "pics" / "link.png").symlink_to(tmp_path / "a.png")
+    assert await load_local_image("../a.png", base_dir=tmp_path / "pics") == PNG
+    assert await load_local_image("link.png", base_dir=tmp_path / "pics") == PNG
+
+
+async def test_root_confines_paths_after_resolving_symlinks(tmp_path: Path) -> None:
+    """With a root, only files that resolve inside it load; ``..``, absolute paths and symlinks out fail."""
+    root = tmp_path / "pics"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "in.png").write_bytes(PNG)
+    (tmp_path / "out.png").write_bytes(PNG)
+    (root / "escape.png").symlink_to(tmp_path / "out.png")
+    (tmp_path / "entry.png").symlink_to(root / "sub" / "in.png")
+    assert await load_local_image("sub/../sub/in.png", base_dir=root, root=root) == PNG
+    # a link from outside that lands inside is fine: what counts is where the bytes live
+    assert await load_local_image("entry.png", base_dir=tmp_path, root=root) == PNG
+    for cell in ["../out.png", str(tmp_path / "out.png"), "escape.png"]:
+        with pytest.raises(ImageError, match=r"is outside image_root .*pics") as info:
+            await load_local_image(cell, base_dir=root, root=root)
+        assert str(info.value).startswith(f"{cell}: ")
+    assert "resolves to" in str(info.value)
+
+
+async def test_root_leaves_data_uris_alone_and_names_symlink_loops(tmp_path: Path) -> None:
+    """A data: URI ignores the root; a symlink loop inside it is an ImageError, not a crash."""
+    encoded = base64.b64encode(PNG).decode()
+    assert await load_local_image(f"data:image/png;base64,{encoded}", base_dir=tmp_path, root=tmp_path) == PNG
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(ImageError, match=r"loop\.png"):
+        await load_local_image("loop.png", base_dir=tmp_path, root=tmp_path)
+
+
 async def test_tilde_is_not_expanded(tmp_path: Path) -> None:
     """``~/a.png`` is a relative path to a folder named ``~``, never the home directory."""
     (tmp_path / "~").mkdir()

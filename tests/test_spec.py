@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobkit import toml_value
 from pipeline.errors import SpecError
-from pipeline.spec import NON_STREAMING_MAX_TOKENS, load_job, parse_job, template_fields
+from pipeline.spec import NON_STREAMING_MAX_TOKENS, JobSpec, load_job, parse_job, template_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = {
@@ -138,3 +140,90 @@ def test_toml_of_shipped_job_round_trips_through_parse() -> None:
     """parse_job on the decoded shipped TOML equals load_job on the file."""
     path = ROOT / "jobs" / "annotate_products.toml"
     assert parse_job(tomllib.loads(path.read_text()), path) == load_job(path)
+
+
+# real key names (so some fuzzed jobs get deep into validation) mixed with arbitrary ones
+KEY_NAMES = "name input output id_column request api limits model max_tokens prompt system images"
+KEY_NAMES += " image_root max_input_tokens tools tool_choice stream auth base_url concurrency"
+KEYS = st.sampled_from(KEY_NAMES.split()) | st.text(max_size=6)
+TOML_VALUES = st.recursive(
+    st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _toml_value(value: object) -> str:
+    """A TOML literal; strings keep non-ASCII as is (JSON's \\ud83d surrogate escapes are not TOML)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return toml_value(value)
+
+
+def _toml(table: dict[str, object]) -> str:
+    """TOML text for a table of plain values: scalars and arrays first, then one [section] per sub-table."""
+    lines = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines.append(f"[{_toml_value(key)}]")
+            lines.extend(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+    return "\n".join(lines) + "\n"
+
+
+def _load_or_spec_error(path: Path) -> None:
+    try:
+        spec = load_job(path)
+    except SpecError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ")
+        assert "\n" not in message, message
+    else:
+        assert isinstance(spec, JobSpec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text().map(str.encode) | st.binary())
+def test_fuzzed_job_bytes_load_or_are_a_spec_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    """Any bytes in a job file (text or not, UTF-8 or not) load or are one SpecError line, nothing else."""
+    path = tmp_path_factory.mktemp("fuzz") / "job.toml"
+    path.write_bytes(content)
+    _load_or_spec_error(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(KEYS, TOML_VALUES, max_size=4),
+    st.dictionaries(KEYS, TOML_VALUES, max_size=4),
+    st.just(b"") | st.binary(max_size=8),
+)
+def test_fuzzed_toml_job_loads_or_is_a_spec_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    top: dict[str, object],
+    request: dict[str, object],
+    raw: bytes,
+) -> None:
+    """A near-valid job with fuzzed keys and values (and stray bytes) loads or is one SpecError line."""
+    table: dict[str, object] = {**MINIMAL, **top}
+    table["request"] = {**MINIMAL["request"], **request}  # type: ignore[dict-item]
+    path = tmp_path_factory.mktemp("fuzz") / "job.toml"
+    path.write_bytes(_toml(table).encode("utf-8", errors="surrogatepass") + raw)
+    _load_or_spec_error(path)
+
+
+def test_new_request_keys_resolve_and_stay_out_of_the_fingerprint(tmp_path: Path) -> None:
+    """image_root resolves next to the job and must exist; it and max_input_tokens change no fingerprint."""
+    (tmp_path / "pics").mkdir()
+    job = tmp_path / "j.toml"
+    spec = parse_job(_with(image_root="pics", max_input_tokens=1000), job)
+    assert spec.request.image_root == str(tmp_path / "pics")
+    assert spec.request.fingerprint() == parse_job(_with(), job).request.fingerprint()
+    with pytest.raises(SpecError, match=r"request\.image_root: .* is not a directory"):
+        parse_job(_with(image_root="nope"), job)
+    with pytest.raises(SpecError, match=r"request\.max_input_tokens"):
+        parse_job(_with(max_input_tokens=0), job)
