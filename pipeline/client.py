@@ -169,6 +169,7 @@ class MessagesClient:
             requests_per_minute=config.requests_per_minute,
             input_tokens_per_minute=config.input_tokens_per_minute,
             output_tokens_per_minute=config.output_tokens_per_minute,
+            clock=self._clock,
         )
         self._gate = PauseGate(clock=self._clock or loop_clock(), sleep=self._sleep)
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -226,10 +227,15 @@ class MessagesClient:
         """One attempt: wait for the pause and the budgets, then one HTTP exchange."""
         _, gate, limits, slots = self._require_open()
         async with slots:
-            await gate.wait()
-            reservation = await limits.acquire(input_tokens=input_tokens, max_tokens=payload["max_tokens"])
-            # the budgets may have taken a while; a 429 that arrived meanwhile still applies
-            await gate.wait()
+            while True:
+                await gate.wait()
+                max_tokens = payload["max_tokens"]
+                reservation = await limits.acquire(input_tokens=input_tokens, max_tokens=max_tokens)
+                if not gate.paused:
+                    break
+                # A 429 arrived while this request waited for budget. Sending the moment the pause
+                # ends would release every such request at once, a burst the server refuses again:
+                # queue behind the pause and take budget afresh instead.
             self.requests_sent += 1
             started = time.perf_counter()
             try:
@@ -237,8 +243,11 @@ class MessagesClient:
             except ApiError as error:
                 error.attempts = number
                 self._redact(error)
+                if isinstance(error, RetryableApiError) and error.error_type == "rate_limit_error":
+                    limits.throttled()
                 self._pause_all(error, number)
                 raise
+            limits.answered()
             latency_ms = (time.perf_counter() - started) * 1000.0
         # outside the slot: paying a usage debt needs no connection
         await limits.settle(reservation, reply.usage)

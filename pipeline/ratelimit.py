@@ -14,7 +14,10 @@ Everything here binds to the running event loop: create it inside the run, never
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -22,10 +25,22 @@ from aiolimiter import AsyncLimiter
 
 from pipeline.records import Usage
 
+log = logging.getLogger("pipeline.client")
+
 # Replies seen before the running mean replaces max_tokens as the output estimate. One is enough:
 # OTPM counts real output (docs from 2026-02-19), and settle() charges any shortfall afterwards.
 OUTPUT_WARMUP = 1
 OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply rarely leaves a debt
+PACE_SHARE = 0.985  # of a limit actually used: the margin absorbs jitter in arrival times
+BURST_S = 0.5  # seconds of the rate a bucket may release at once
+# AIMD for servers that state no limits (self-hosted ones): after a 429, pace at the rate that was
+# being answered, a little lower; then probe upwards slowly until the next 429.
+ADAPT_WINDOW_S = 10.0  # successes counted over this window to measure what the server accepts
+ADAPT_DECREASE = 0.9  # new pace = accepted rate x this
+ADAPT_COOLDOWN_S = 2.0  # one decrease per burst of 429s, not one per refused request
+ADAPT_INCREASE_EVERY_S = 3.0
+ADAPT_INCREASE = 0.03  # +3 % per quiet interval: back above a 10 % cut in about 10 s
+ADAPT_FLOOR_RPM = 1.0
 LIMIT_HEADERS = {
     "requests": "anthropic-ratelimit-requests-limit",
     "input_tokens": "anthropic-ratelimit-input-tokens-limit",
@@ -34,18 +49,23 @@ LIMIT_HEADERS = {
 
 
 class Pacer:
-    """One per-minute budget, paced as a bucket holding one second of the rate (at least 1 unit).
+    """One per-minute budget, paced smoothly a little under the limit.
 
-    :param per_minute: the sustained rate, in units (requests or tokens) per minute.
+    The bucket holds half a second of the rate (at least 1 unit) and refills at
+    :data:`PACE_SHARE` of it: pacing at exactly the server's limit keeps its bucket full, so any
+    jitter in arrival times overflows it into 429s.
+
+    :param per_minute: the limit, in units (requests or tokens) per minute.
     """
 
     def __init__(self, per_minute: float) -> None:
         if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
-        self.capacity = max(1.0, per_minute / 60.0)
-        # the period that refills `capacity` at `per_minute`: 1 s at 60/min and above, longer below
-        self._limiter = AsyncLimiter(self.capacity, self.capacity * 60.0 / per_minute)
+        rate = per_minute * PACE_SHARE
+        self.capacity = max(1.0, rate * BURST_S / 60.0)
+        # the period that refills `capacity` at `rate`: BURST_S at high rates, longer below
+        self._limiter = AsyncLimiter(self.capacity, self.capacity * 60.0 / rate)
 
     async def acquire(self, amount: float = 1.0) -> None:
         """Wait until ``amount`` fits the rate; amounts above :attr:`capacity` go in chunks.
@@ -114,6 +134,7 @@ class RateLimits:
         requests_per_minute: float | None = None,
         input_tokens_per_minute: float | None = None,
         output_tokens_per_minute: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.requests = Pacer(requests_per_minute) if requests_per_minute else None
         self.input_tokens = Pacer(input_tokens_per_minute) if input_tokens_per_minute else None
@@ -125,6 +146,14 @@ class RateLimits:
             "input_tokens": input_tokens_per_minute,
             "output_tokens": output_tokens_per_minute,
         }
+        self._clock = clock or time.monotonic
+        self._first_answer: float | None = None
+        self._stated = False  # the server has stated its limits in headers: no need to guess
+        self._answered: deque[float] = deque()
+        self._adaptive_rpm: float | None = None
+        self._last_change = -math.inf  # any change of the adaptive pace
+        self._last_cut = -math.inf  # the last decrease
+        self._last_throttle = -math.inf  # the last 429, cut or not
 
     def learn(self, headers: Mapping[str, str]) -> None:
         """Pace no faster than the limits the server states in ``anthropic-ratelimit-*-limit`` headers.
@@ -136,11 +165,57 @@ class RateLimits:
             stated = _positive_number(headers.get(header))
             if stated is None:
                 continue
+            self._stated = True
             ceiling = self._ceilings[kind]
             target = stated if ceiling is None else min(stated, ceiling)
             current: Pacer | None = getattr(self, kind)
             if current is None or current.per_minute != target:
                 setattr(self, kind, Pacer(target))
+
+    @property
+    def adaptive_rpm(self) -> float | None:
+        """The pace AIMD has settled on, when a server without limit headers has refused requests."""
+        return self._adaptive_rpm
+
+    def answered(self) -> None:
+        """Record a request the server accepted; after a quiet spell, raise the adaptive pace a little."""
+        now = self._clock()
+        if self._first_answer is None:
+            self._first_answer = now
+        self._answered.append(now)
+        while self._answered and self._answered[0] < now - ADAPT_WINDOW_S:
+            self._answered.popleft()
+        quiet = min(now - self._last_change, now - self._last_throttle)
+        if self._adaptive_rpm is not None and quiet >= ADAPT_INCREASE_EVERY_S:
+            self._set_adaptive(self._adaptive_rpm * (1 + ADAPT_INCREASE), now)
+
+    def throttled(self) -> None:
+        """A 429: unless the server states its limits, pace just under the rate it was accepting."""
+        now = self._clock()
+        self._last_throttle = now
+        if self._stated or now - self._last_cut < ADAPT_COOLDOWN_S or self._first_answer is None:
+            # before any answer there is no accepted rate to measure: the shared pause rides it out
+            return
+        window = max(1.0, min(ADAPT_WINDOW_S, now - self._first_answer))
+        accepted = sum(1 for t in self._answered if t >= now - window) * 60.0 / window
+        if accepted <= 0:
+            return
+        current = self._adaptive_rpm if self._adaptive_rpm is not None else math.inf
+        self._last_cut = now
+        self._set_adaptive(max(ADAPT_FLOOR_RPM, min(accepted, current) * ADAPT_DECREASE), now)
+
+    def _set_adaptive(self, rpm: float, now: float) -> None:
+        ceiling = self._ceilings["requests"]
+        lower = self._adaptive_rpm is None or rpm < self._adaptive_rpm
+        self._adaptive_rpm = rpm if ceiling is None else min(rpm, ceiling)
+        self._last_change = now
+        self.requests = Pacer(self._adaptive_rpm)
+        log.log(
+            logging.INFO if lower else logging.DEBUG,
+            "the server states no rate limits: pacing at %.0f requests/min (%s)",
+            self._adaptive_rpm,
+            "after a 429" if lower else "probing upwards",
+        )
 
     async def acquire(self, *, input_tokens: int, max_tokens: int) -> Reservation:
         """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken."""

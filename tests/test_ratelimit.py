@@ -69,27 +69,27 @@ async def acquisition_times(pacer: Pacer, clock: LoopTime, count: int, seconds: 
     return times
 
 
-async def test_600_per_minute_lets_ten_per_second() -> None:
-    """At 600/min the bucket holds one second (10) and then refills at 10 per second."""
+async def test_600_per_minute_paces_just_under_ten_per_second() -> None:
+    """At 600/min the bucket releases half a second (about 5) at once, then refills at 98.5 % of 10/s."""
     with patched_loop_time() as clock:
-        times = await acquisition_times(Pacer(600), clock, count=60, seconds=4.0)
-    assert sum(1 for t in times if t == 0.0) == 10  # the one-second burst, not a minute's 600
+        times = await acquisition_times(Pacer(600), clock, count=80, seconds=4.0)
+    assert sum(1 for t in times if t == 0.0) == 4  # capacity 4.925: a half-second burst, not a minute's 600
     steady = sum(1 for t in times if 1.0 <= t < 3.0)
-    assert 19 <= steady <= 21
-    assert 48 <= len(times) <= 51  # 10 + 10/s over 4 s
+    assert 19 <= steady <= 20  # 9.85/s
+    assert 43 <= len(times) <= 45  # 4 + 9.85/s over 4 s
 
 
 async def test_below_60_per_minute_spaces_single_requests() -> None:
-    """At 30/min the bucket holds one request and refills one every two seconds."""
+    """At 30/min the bucket holds one request and refills one every ~2.03 s (98.5 % of the rate)."""
     with patched_loop_time() as clock:
-        times = await acquisition_times(Pacer(30), clock, count=10, seconds=6.0)
-    assert times == [0.0, 2.0, 4.0, 6.0]
+        times = await acquisition_times(Pacer(30), clock, count=10, seconds=6.5)
+    assert times == pytest.approx([0.0, 2.03, 4.06, 6.09], abs=0.07)  # the fake clock steps 0.05 s
 
 
-def test_bucket_is_one_second_of_the_rate() -> None:
-    """Capacity is rate/60, never below 1."""
-    assert Pacer(600).capacity == 10
-    assert Pacer(30_000).capacity == 500
+def test_bucket_is_half_a_second_of_the_paced_rate() -> None:
+    """Capacity is half a second of 98.5 % of the rate, never below 1."""
+    assert Pacer(600).capacity == pytest.approx(4.925)
+    assert Pacer(30_000).capacity == pytest.approx(246.25)
     assert Pacer(30).capacity == 1
 
 
@@ -102,9 +102,9 @@ async def test_amount_over_capacity_is_acquired_in_chunks() -> None:
         task = asyncio.create_task(pacer.acquire(35))
         await settle()
         assert not task.done()
-        await clock.run_for(2.0)
-        assert not task.done()  # 35 units at 10/s with a 10-unit start: done at 2.5 s
-        await clock.run_for(0.6)
+        await clock.run_for(2.9)
+        assert not task.done()  # 35 units at 9.85/s after a 4.925-unit start: done at about 3.05 s
+        await clock.run_for(0.3)
         assert task.done()
         await task
 
@@ -254,3 +254,56 @@ def test_learned_limits_lower_the_pace_but_never_raise_it_past_the_job() -> None
     limits.learn({f"{prefix}requests-limit": "junk", f"{prefix}input-tokens-limit": "-5"})
     assert limits.requests.per_minute == 100
     assert limits.input_tokens is None
+
+
+def test_aimd_paces_under_the_accepted_rate_after_a_429_then_probes_up() -> None:
+    """Without stated limits, a 429 sets the pace just under what was accepted; quiet spells raise it."""
+    clock = FakeClock()
+    limits = RateLimits(clock=clock)
+    for _ in range(100):  # 100 answers over 10 s: the server accepts 600/min
+        clock.now += 0.1
+        limits.answered()
+    limits.throttled()
+    cut = limits.adaptive_rpm
+    assert cut == pytest.approx(540, rel=0.02)
+    assert limits.requests is not None
+    assert limits.requests.per_minute == cut
+    limits.throttled()  # the same burst of 429s: no second cut inside the cooldown
+    assert limits.adaptive_rpm == cut
+    clock.now += 3.0
+    limits.answered()
+    assert limits.adaptive_rpm == pytest.approx(cut * 1.03)
+
+
+def test_aimd_waits_for_an_answer_before_cutting() -> None:
+    """429s before any answer (the opening burst) leave the pace alone: there is no rate to measure."""
+    clock = FakeClock()
+    limits = RateLimits(clock=clock)
+    clock.now += 0.1
+    limits.throttled()
+    assert limits.adaptive_rpm is None
+    assert limits.requests is None
+
+
+def test_aimd_stays_off_when_the_server_states_its_limits() -> None:
+    """A server that sends anthropic-ratelimit-*-limit headers is followed, not guessed at."""
+    clock = FakeClock()
+    limits = RateLimits(clock=clock)
+    limits.learn({"anthropic-ratelimit-requests-limit": "300"})
+    clock.now += 3
+    limits.answered()
+    limits.throttled()
+    assert limits.adaptive_rpm is None
+    assert limits.requests is not None
+    assert limits.requests.per_minute == 300
+
+
+def test_aimd_never_exceeds_the_job_limit() -> None:
+    """The job's requests_per_minute stays a ceiling for the adaptive pace."""
+    clock = FakeClock()
+    limits = RateLimits(requests_per_minute=100, clock=clock)
+    for _ in range(50):
+        clock.now += 0.05
+        limits.answered()
+    limits.throttled()
+    assert limits.adaptive_rpm == 100
