@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pipeline.build import build_payload, check_request_size, estimate_input_tokens
 from pipeline.errors import RowError
-from pipeline.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.reader import SourcedRow, iter_rows
-from pipeline.runner import MANY_IMAGES, image_cells, open_job_input
-from pipeline.sources import describe_cell, is_remote, load_local_image
+from pipeline.runner import open_job_input, prepare_request
+from pipeline.sources import is_remote, load_local_image
 from pipeline.spec import JobSpec
 
 
@@ -36,10 +36,9 @@ def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
     return asyncio.run(_check_rows(spec, iter_rows(table)))
 
 
-async def _check_rows(spec: JobSpec, rows: object) -> ValidationReport:
+async def _check_rows(spec: JobSpec, rows: Iterable[SourcedRow]) -> ValidationReport:
     report = ValidationReport()
     slots = asyncio.Semaphore((os.cpu_count() or 2) * 2)
-    assert hasattr(rows, "__iter__")
     async with asyncio.TaskGroup() as group:
         for sourced in rows:
             report.rows += 1
@@ -54,23 +53,16 @@ async def _check_row(
 ) -> None:
     row = sourced.row
     request = spec.request
+
+    async def load(cell: str, base_dir: Path) -> bytes | None:
+        if is_remote(cell):
+            report.remote_images += 1
+            return None
+        return await load_local_image(cell, base_dir=base_dir, root=request.image_root)
+
     try:
-        cells = image_cells(request, row)
-        policy = ImagePolicy(max_edge=request.image_max_edge)
-        if len(cells) > MANY_IMAGES:
-            policy = policy.for_many_images()
-        images: list[PreparedImage] = []
-        for column, cell in cells:
-            if is_remote(cell):
-                report.remote_images += 1
-                continue
-            data = await load_local_image(cell, base_dir=sourced.base_dir, root=request.image_root)
-            label = f"{column} {describe_cell(cell)}"
-            images.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
-            report.images += 1
-        # the same order of checks as a run: images, then the prompt, then the request's size
-        payload = build_payload(request, row.values, images)
-        check_request_size(payload, estimate_input_tokens(payload, images), request.input_token_limit)
+        _, _, images = await prepare_request(request, sourced, load)
+        report.images += images
     except RowError as exc:
         report.problems.append(f"row {row.index + 1} (id {row.row_id}): {exc}")
     finally:

@@ -220,14 +220,6 @@ def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = 
         raise InputError(_explain(exc, table.files, after_row=index)) from None
 
 
-def count_rows(table: InputTable) -> int:
-    """Number of rows, reading as little as the format allows."""
-    try:
-        return int(table.frame.select(pl.len()).collect().item())
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(_explain(exc, table.files)) from None
-
-
 def _dedupe(row_id: str, seen: set[str]) -> str:
     candidate, n = row_id, 1
     while candidate in seen:
@@ -403,8 +395,3 @@ def _jsonl_problem(path: Path) -> str | None:
                 return f"{path} line {number}: expected a JSON object, got {type(value).__name__}"
             objects += 1
     return None if objects else f"{path}: input file is empty (no JSON objects)"
-
-
-def cell_text(value: Any) -> str:
-    """A cell as prompt text: nulls become empty strings, everything else ``str()``."""
-    return "" if value is None else str(value)

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,7 +269,6 @@ class _Run:
         self.request = request
         self.client = client
         self.recorder = recorder
-        self.policy = ImagePolicy(max_edge=request.image_max_edge)
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=max(4, 2 * client.config.concurrency))
         # rows being read or encoded at once: enough to keep both the CPU and the senders busy
         self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
@@ -338,11 +337,7 @@ class _Run:
     async def _build(self, sourced: SourcedRow) -> _Work | None:
         row = sourced.row
         try:
-            images = await self._load_images(sourced)
-            payload = build_payload(self.request, row.values, images)
-            input_tokens = estimate_input_tokens(payload, images)
-            # a request the API would refuse for its size is this row's error, and is never sent
-            check_request_size(payload, input_tokens, self.request.input_token_limit)
+            payload, input_tokens, _ = await prepare_request(self.request, sourced, self._load)
         except RowError as exc:
             self.recorder.error(row, exc.error_type, str(exc), attempts=0)
             return None
@@ -352,22 +347,14 @@ class _Run:
             return None
         return _Work(row, payload, input_tokens)
 
-    async def _load_images(self, sourced: SourcedRow) -> list[PreparedImage]:
-        cells = image_cells(self.request, sourced.row)
-        policy = self.policy.for_many_images() if len(cells) > MANY_IMAGES else self.policy
-        prepared: list[PreparedImage] = []
-        for column, cell in cells:
-            data = await load_image(
-                cell,
-                base_dir=sourced.base_dir,
-                http=self.client.http,
-                root=self.request.image_root,
-                timeout_s=self.client.config.timeout_s,
-            )
-            label = f"{column} {describe_cell(cell)}"
-            # Decoding and re-encoding is CPU work: keep it off the event loop.
-            prepared.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
-        return prepared
+    async def _load(self, cell: str, base_dir: Path) -> bytes:
+        return await load_image(
+            cell,
+            base_dir=base_dir,
+            http=self.client.http,
+            root=self.request.image_root,
+            timeout_s=self.client.config.timeout_s,
+        )
 
     async def _send_loop(self) -> None:
         while (work := await self.queue.get()) is not None:
@@ -387,6 +374,33 @@ class _Run:
                 self.recorder.ok(work.row, sent)
             finally:
                 self.in_flight -= 1
+
+
+async def prepare_request(
+    request: RequestSpec, sourced: SourcedRow, load: Callable[[str, Path], Awaitable[bytes | None]]
+) -> tuple[MessagePayload, int, int]:
+    """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
+
+    The one place a row becomes a request, for ``run`` and ``validate`` alike: ``load`` fetches an
+    image cell's bytes, or returns None to leave the image out (``validate`` fetches no URLs).
+    """
+    cells = image_cells(request, sourced.row)
+    policy = ImagePolicy(max_edge=request.image_max_edge)
+    if len(cells) > MANY_IMAGES:
+        policy = policy.for_many_images()
+    images: list[PreparedImage] = []
+    for column, cell in cells:
+        data = await load(cell, sourced.base_dir)
+        if data is None:
+            continue
+        label = f"{column} {describe_cell(cell)}"
+        # Decoding and re-encoding is CPU work: keep it off the event loop.
+        images.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+    payload = build_payload(request, sourced.row.values, images)
+    input_tokens = estimate_input_tokens(payload, images)
+    # a request the API would refuse for its size is this row's error, and is never sent
+    check_request_size(payload, input_tokens, request.input_token_limit)
+    return payload, input_tokens, len(images)
 
 
 def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
