@@ -93,3 +93,5 @@ class Summary:
     requests_sent: int = 0
     retries: int = 0
     wall_s: float = 0.0
+    cost_usd: float | None = None  # None when no price is known for the model
+    priced_as: str = ""  # which prices the cost used, or why there is none

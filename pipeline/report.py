@@ -30,6 +30,8 @@ def summary_dict(summary: Summary, *, output: str, exit_code: int) -> dict[str, 
         "requests_sent": summary.requests_sent,
         "retries": summary.retries,
         "wall_s": round(summary.wall_s, 3),
+        "cost_usd": None if summary.cost_usd is None else round(summary.cost_usd, 6),
+        "priced_as": summary.priced_as,
     }
 
 
@@ -56,5 +58,13 @@ def summary_text(summary: Summary, *, output: str) -> str:
             f", {usage.cache_creation_input_tokens} cache write, {usage.cache_read_input_tokens} cache read"
         )
     lines.append(f"{tokens}; {summary.requests_sent} requests, {summary.retries} retries")
+    lines.append(cost_line(summary.cost_usd, summary.priced_as))
     lines.append(f"results: {output}")
     return "\n".join(lines)
+
+
+def cost_line(cost_usd: float | None, priced_as: str) -> str:
+    """``cost: $0.0123 (at ...)``, or why no cost can be given."""
+    if cost_usd is None:
+        return f"cost: unknown ({priced_as})"
+    return f"cost: ${cost_usd:,.4f} (at {priced_as})"

@@ -25,6 +25,7 @@ from pipeline.client import ClientConfig, MessagesClient
 from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
 from pipeline.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.lock import locked_output
+from pipeline.prices import describe_price, price_for
 from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
 from pipeline.records import Result, Row, Sent, Summary, Usage
 from pipeline.shutdown import Shutdown
@@ -219,16 +220,20 @@ async def _run_locked(
     if stopped_by is not None:
         raise stopped_by
     tally = recorder.tally
+    usage = Usage(tally.input_tokens, tally.output_tokens, tally.cache_creation, tally.cache_read)
+    price = price_for(request.model, spec.prices)
     summary = Summary(
         rows_total=tally.to_do + tally.skipped,
         rows_ok=tally.ok,
         rows_error=tally.error,
         rows_skipped=tally.skipped,
         errors_by_type=dict(tally.errors_by_type),
-        usage=Usage(tally.input_tokens, tally.output_tokens, tally.cache_creation, tally.cache_read),
+        usage=usage,
         requests_sent=client.requests_sent,
         retries=client.retries,
         wall_s=time.monotonic() - started,
+        cost_usd=price.cost_usd(usage) if price is not None else None,
+        priced_as=describe_price(price, request.model),
     )
     return RunOutcome(
         summary=summary,

@@ -168,6 +168,14 @@ class LimitsSpec(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
+class PricesSpec(_Strict):
+    """The optional ``[prices]`` table: dollars per million tokens, overriding the shipped table."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    batch_multiplier: float | None = Field(default=None, gt=0, le=1)
+
+
 class JobSpec(_Strict):
     """A whole job file, with ``input`` and ``output`` resolved against the job file's folder."""
 
@@ -178,6 +186,7 @@ class JobSpec(_Strict):
     request: RequestSpec
     api: ApiSpec = ApiSpec()
     limits: LimitsSpec = LimitsSpec()
+    prices: PricesSpec | None = None
     source: str = Field(default="", exclude=True)
 
 
