@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import SpecError
+from pipeline.providers import PRESETS, Provider, ProviderName, preset
 
 # max_tokens above this cannot be sent without streaming (SDK guard: 3600*max_tokens/128000 > 600 s)
 NON_STREAMING_MAX_TOKENS = 21_333
@@ -142,12 +143,34 @@ class RequestSpec(_Strict):
 
 
 class ApiSpec(_Strict):
-    """The ``[api]`` table: where requests go and how they authenticate."""
+    """The ``[api]`` table: where requests go and how they authenticate.
 
+    ``provider`` names a preset (``providers.PRESETS``) that fills in ``base_url``, ``auth`` and
+    ``api_key_env`` when the job leaves them out.
+    """
+
+    provider: ProviderName = "anthropic"
     base_url: str = "https://api.anthropic.com"
     api_key_env: str = "ANTHROPIC_API_KEY"
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("provider", "anthropic")
+        if name not in PRESETS:
+            return data  # the Literal check names the choices
+        chosen = preset(name)
+        defaults = {"base_url": chosen.base_url, "auth": chosen.auth, "api_key_env": chosen.api_key_env}
+        return {**defaults, **data}
+
+    @property
+    def preset(self) -> Provider:
+        """The provider preset this job talks to."""
+        return preset(self.provider)
 
     @field_validator("base_url")
     @classmethod
