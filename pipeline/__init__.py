@@ -3,6 +3,7 @@
 The CLI (``pipeline``) is the main surface; this is the library behind it.
 """
 
+from pipeline.batch.run import BatchOptions, BatchOutcome, run_batch
 from pipeline.errors import (
     ApiError,
     ConfigError,
@@ -21,6 +22,8 @@ from pipeline.spec import JobSpec, load_job
 
 __all__ = [
     "ApiError",
+    "BatchOptions",
+    "BatchOutcome",
     "ConfigError",
     "FatalApiError",
     "ImageError",
@@ -35,5 +38,6 @@ __all__ = [
     "RunOutcome",
     "SpecError",
     "load_job",
+    "run_batch",
     "run_job",
 ]

@@ -7,6 +7,7 @@ request the API would reject for its size (so that row is an error and nothing i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import string
@@ -16,7 +17,15 @@ from typing import Any
 from pipeline.errors import RowError
 from pipeline.images import PreparedImage, estimate_image_tokens
 from pipeline.spec import RequestSpec
-from pipeline.wire import ImageBlock, MessagePayload, TextBlock, ToolParam, UserMessage
+from pipeline.wire import (
+    CacheControl,
+    ImageBlock,
+    MessagePayload,
+    SystemBlock,
+    TextBlock,
+    ToolParam,
+    UserMessage,
+)
 
 # Characters per token for English-like text; a little low on purpose so the estimate errs high.
 CHARS_PER_TOKEN = 3.5
@@ -108,14 +117,52 @@ def build_payload(
         payload["tools"] = tool_params(request)
     if request.tool_choice is not None:
         payload["tool_choice"] = dict(request.tool_choice)
+    if request.cache:
+        mark_cached_prefix(payload, request.cache_ttl)
     if request.streaming:
         payload["stream"] = True
     return payload
 
 
+def mark_cached_prefix(payload: MessagePayload, ttl: str) -> None:
+    """Put one ``cache_control`` breakpoint at the end of the shared prefix (tools, then system).
+
+    The cache covers everything up to the breakpoint in the API's prefix order ``tools -> system ->
+    messages`` (reference §10), so one mark on the system prompt caches tools and system together;
+    without a system prompt it goes on the last tool. The row's own content stays after it.
+    """
+    control: CacheControl = {"type": "ephemeral"}
+    if ttl == "1h":
+        control["ttl"] = "1h"  # 5m is the API's default: left out, the body stays what it always was
+    system = payload.get("system")
+    if isinstance(system, str):
+        block: SystemBlock = {"type": "text", "text": system, "cache_control": control}
+        payload["system"] = [block]
+    elif payload.get("tools"):
+        payload["tools"][-1]["cache_control"] = control
+
+
+def request_key(payload: MessagePayload) -> str:
+    """A hash of everything the API answers from: model, parameters, rendered text and image bytes.
+
+    Two rows with the same key send the same request; ``stream`` only changes how the answer travels.
+    """
+    canonical = {key: value for key, value in payload.items() if key != "stream"}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def system_text(payload: MessagePayload) -> str:
+    """The system prompt as text, whether it is a string or a list of blocks."""
+    system = payload.get("system", "")
+    if isinstance(system, str):
+        return system
+    return "".join(block["text"] for block in system)
+
+
 def estimate_input_tokens(payload: MessagePayload, images: Sequence[PreparedImage]) -> int:
     """Input tokens the request will likely be billed for: text by length, images by pixels."""
-    chars = len(payload.get("system", ""))
+    chars = len(system_text(payload))
     for message in payload["messages"]:
         for block in message["content"]:
             if block["type"] == "text":

@@ -36,7 +36,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from pipeline.errors import ApiError, FatalApiError, RetryableApiError
-from pipeline.ratelimit import PauseGate, RateLimits, loop_clock
+from pipeline.ratelimit import Pacer, PauseGate, RateLimits, loop_clock
 from pipeline.records import Reply, Sent
 from pipeline.responses import (
     STATUS_FOR_ERROR_TYPE,
@@ -55,6 +55,8 @@ __all__ = ["ClientConfig", "MessagesClient", "RetryDetails", "classify"]
 log = logging.getLogger("pipeline.client")
 
 USER_AGENT = "pipeline/0.1 (+httpx)"
+# what /v1/messages/count_tokens takes (reference §9): no max_tokens, sampling or stream
+COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 CONNECT_TIMEOUT_S = 10.0
 # connections beyond the Messages requests, for the image downloads that share the pool
 DOWNLOAD_HEADROOM = 32
@@ -72,6 +74,8 @@ class ClientConfig:
     :param max_attempts: attempts per request, the first included.
     :param concurrency: requests in flight at once; also sizes the connection pool.
     :param max_retry_wait_s: the longest single wait, whether the server asked for it or backoff chose it.
+    :param slow_start: while the server states no rate limits, open with one request and ramp the pace
+        up until the first 429 (:mod:`pipeline.ratelimit`), instead of opening with a full burst.
     """
 
     base_url: str
@@ -85,6 +89,7 @@ class ClientConfig:
     input_tokens_per_minute: float | None = None
     output_tokens_per_minute: float | None = None
     max_retry_wait_s: float = 120.0
+    slow_start: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -142,6 +147,7 @@ class MessagesClient:
         self._limits: RateLimits | None = None
         self._gate: PauseGate | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._count_pacer: Pacer | None = None
         self.requests_sent = 0  # HTTP requests started, retries included
         self.retries = 0  # waits before another attempt
 
@@ -170,6 +176,8 @@ class MessagesClient:
             input_tokens_per_minute=config.input_tokens_per_minute,
             output_tokens_per_minute=config.output_tokens_per_minute,
             clock=self._clock,
+            slow_start=config.slow_start,
+            concurrency=config.concurrency,
         )
         self._gate = PauseGate(clock=self._clock or loop_clock(), sleep=self._sleep)
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -223,6 +231,68 @@ class MessagesClient:
         assert sent is not None  # tenacity either ran the block to success or raised
         return sent
 
+    async def count_tokens(self, payload: MessagePayload) -> int:
+        """Input tokens of ``payload`` as ``/v1/messages/count_tokens`` counts them (free, no answer).
+
+        Only the fields that endpoint takes are sent. Paced by ``requests_per_minute`` (give the
+        endpoint's own limit, reference §6) and retried like :meth:`send`; raises the same errors.
+        """
+        self._require_open()
+        if self._count_pacer is None and self.config.requests_per_minute is not None:
+            # its own bucket: count_tokens has a limit apart from the Messages limits (reference §6)
+            self._count_pacer = Pacer(self.config.requests_per_minute)
+        body = {key: value for key, value in payload.items() if key in COUNT_TOKENS_FIELDS}
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableApiError),
+            stop=stop_after_attempt(self.config.max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        counted = 0
+        async for attempt in retrying:
+            with attempt:
+                counted = await self._count_once(body, attempt.retry_state.attempt_number)
+        return counted
+
+    async def _count_once(self, body: dict[str, Any], number: int) -> int:
+        http, gate, _, slots = self._require_open()
+        async with slots:
+            await gate.wait()
+            if self._count_pacer is not None:
+                await self._count_pacer.acquire(1)
+            self.requests_sent += 1
+            url = f"{self.config.base_url.rstrip('/')}/v1/messages/count_tokens"
+            try:
+                try:
+                    response = await http.post(
+                        url, json=body, headers=self._request_headers(stream=False), follow_redirects=False
+                    )
+                except httpx.TimeoutException as exc:
+                    raise RetryableApiError(
+                        self._describe_timeout(exc), status=None, error_type="timeout_error"
+                    ) from exc
+                except httpx.TransportError as exc:
+                    raise RetryableApiError(
+                        _describe(exc), status=None, error_type="connection_error"
+                    ) from exc
+                request_id = response.headers.get("request-id")
+                if not response.is_success:
+                    raise classify(response.status_code, response.headers, response.content)
+                try:
+                    counted = json.loads(response.content)["input_tokens"]
+                except (ValueError, TypeError, KeyError):
+                    counted = None
+                if not isinstance(counted, int) or isinstance(counted, bool):
+                    raise _parse_error("count_tokens reply has no integer input_tokens", 200, request_id)
+            except ApiError as error:
+                error.attempts = number
+                self._redact(error)
+                self._pause_all(error, number)
+                raise
+        return counted
+
     async def _attempt(self, payload: MessagePayload, input_tokens: int, number: int) -> tuple[Reply, float]:
         """One attempt: wait for the pause and the budgets, then one HTTP exchange."""
         _, gate, limits, slots = self._require_open()
@@ -233,6 +303,7 @@ class MessagesClient:
                 reservation = await limits.acquire(input_tokens=input_tokens, max_tokens=max_tokens)
                 if not gate.paused:
                     break
+                limits.release(reservation)
                 # A 429 arrived while this request waited for budget. Sending the moment the pause
                 # ends would release every such request at once, a burst the server refuses again:
                 # queue behind the pause and take budget afresh instead.
@@ -247,8 +318,11 @@ class MessagesClient:
                     limits.throttled()
                 self._pause_all(error, number)
                 raise
-            limits.answered()
-            latency_ms = (time.perf_counter() - started) * 1000.0
+            else:
+                latency_ms = (time.perf_counter() - started) * 1000.0
+                limits.answered(latency_ms / 1000.0)
+            finally:
+                limits.release(reservation)
         # outside the slot: paying a usage debt needs no connection
         await limits.settle(reservation, reply.usage)
         return reply, latency_ms

@@ -129,14 +129,19 @@ class ImagePolicy:
     :param max_base64_bytes: cap on the base64 text; the API rejects more than 5 MB.
     :param max_source_pixels: decompression-bomb guard, checked on the header before any decode.
     :param jpeg_quality: quality of the first JPEG encode; lowered only when the result is too big.
+    :param max_pixels: when set, an image with more pixels is shrunk (aspect kept) to at most this many;
+        image tokens grow with pixels, so this trades detail for cost.
     """
 
     max_edge: int = 1568
     max_base64_bytes: int = 5_242_880
     max_source_pixels: int = 178_956_970
     jpeg_quality: int = 85
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, not {self.max_pixels}")
         if self.max_edge < 1:
             raise ValueError(f"max_edge must be at least 1, not {self.max_edge}")
         if self.max_base64_bytes < 4:
@@ -292,7 +297,7 @@ def _can_pass_through(
     """True when the original bytes are already what the API takes and the caller asked for."""
     if base64_size(len(data)) > policy.max_base64_bytes:
         return False
-    if max(img.size) > _max_edge(policy):
+    if fit_size(img.size, policy) != img.size:
         return False
     if _header_orientation(img) != 1:
         return False
@@ -351,6 +356,16 @@ def _looks_complete(data: bytes, media_type: MediaType) -> bool:
     return int.from_bytes(data[4:8], "little") + 8 <= len(data)
 
 
+def fit_size(size: tuple[int, int], policy: ImagePolicy) -> tuple[int, int]:
+    """The size an image of ``size`` is sent at under ``policy``: long edge, then pixel count."""
+    width, height = _fit(size, _max_edge(policy))
+    limit = policy.max_pixels
+    if limit is not None and width * height > limit:
+        scale = math.sqrt(limit / (width * height))
+        width, height = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    return (width, height)
+
+
 def _fit(size: tuple[int, int], edge: int) -> tuple[int, int]:
     width, height = size
     if max(width, height) <= edge:
@@ -363,7 +378,7 @@ def _convert(
     img: ImageFile.ImageFile, sniffed: str, source_bytes: int, policy: ImagePolicy, label: str
 ) -> PreparedImage:
     """Decode (frame 0 only), orient, normalise, shrink and encode ``img`` to fit ``policy``."""
-    target = _fit(img.size, _max_edge(policy))
+    target = fit_size(img.size, policy)
     if sniffed == "image/jpeg" and target != img.size:
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below target: a 12 MP photo costs a 3 MP decode
         img.draft("RGB", target)
@@ -372,8 +387,11 @@ def _convert(
     icc = img.info.get("icc_profile")
     work = _normalise_mode(img)
     if work.size != target:
-        # reducing_gap: a fast integer box reduce first, then LANCZOS over the last factor of 3
-        work = work.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # reducing_gap: a fast integer box reduce first, then BICUBIC over the last factor of 3.
+        # BICUBIC, as Pillow's own thumbnail(): after a draft decode at 1/2 it is as close to a
+        # full-resolution LANCZOS reference (35.2 dB PSNR on 12 MP photos) as the plain
+        # decode-everything path, and 10 ms (of ~60) cheaper than LANCZOS (see bench_images).
+        work = work.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
     if orientation in _TRANSPOSE:
         # after the resize, so fewer pixels move; the long edge is the same either way
         work = work.transpose(_TRANSPOSE[orientation])

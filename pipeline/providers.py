@@ -2,7 +2,8 @@
 
 ``[api] provider = "..."`` fills in ``base_url``, ``auth`` and ``api_key_env`` unless the job sets
 them, and tells the pipeline which features to refuse up front (batches, count_tokens, tool_choice,
-prompt caching) rather than letting every row fail with a 400.
+prompt caching) rather than letting every row fail with a 400. Facts come from the reference's
+sections 13 (AI/ML API) and 14 (self-hosted servers); what no source confirms is switched off.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 ProviderName = Literal["anthropic", "aimlapi", "openai-compatible-messages", "vllm", "llama-server", "ollama"]
+# the reply shapes responses.parse_message reads; "either" means the provider's docs show both
+Shape = Literal["anthropic", "openai", "either"]
 
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """What one provider offers on its Messages-compatible endpoint."""
+    """What one provider offers on its Messages-compatible endpoint.
+
+    ``base_url`` is empty when there is no sensible default (the job must set it). ``key_required``
+    is False for servers that do not check the key: a run then needs no key variable.
+    """
 
     name: ProviderName
     base_url: str
@@ -25,6 +32,10 @@ class Provider:
     count_tokens: bool  # /v1/messages/count_tokens
     tool_choice: bool
     prompt_caching: bool
+    shape: Shape = "anthropic"  # the reply shape to expect
+    ratelimit_headers: bool = False  # sends anthropic-ratelimit-* headers
+    key_required: bool = True
+    note: str = ""
 
 
 PRESETS: dict[str, Provider] = {
@@ -37,8 +48,11 @@ PRESETS: dict[str, Provider] = {
         count_tokens=True,
         tool_choice=True,
         prompt_caching=True,
+        ratelimit_headers=True,
+        note="the hosted API",
     ),
-    # reference section 13: Bearer auth; its batches live at /v1/batches with another shape
+    # reference section 13: Bearer auth; its batches live at /v1/batches with another shape; replies
+    # are the Anthropic Message in its /v1/messages spec but OpenAI-like in other pages
     "aimlapi": Provider(
         "aimlapi",
         "https://api.aimlapi.com",
@@ -48,10 +62,84 @@ PRESETS: dict[str, Provider] = {
         count_tokens=False,
         tool_choice=True,
         prompt_caching=True,
+        shape="either",
+        note="AI/ML API; model names like claude-sonnet-4-5-20250929 or anthropic/claude-sonnet-4.5",
+    ),
+    # any gateway or proxy serving /v1/messages with Bearer keys and OpenAI-like replies
+    "openai-compatible-messages": Provider(
+        "openai-compatible-messages",
+        "",
+        "bearer",
+        "OPENAI_API_KEY",
+        message_batches=False,
+        count_tokens=False,
+        tool_choice=True,
+        prompt_caching=False,
+        shape="openai",
+        note="a gateway answering /v1/messages in the OpenAI-like shape; set base_url",
+    ),
+    # reference section 14: /v1/messages and count_tokens; no batches; its own error types.
+    # 8000 is `vllm serve`'s port; --api-key (or VLLM_API_KEY) makes it check a Bearer token.
+    "vllm": Provider(
+        "vllm",
+        "http://localhost:8000",
+        "bearer",
+        "VLLM_API_KEY",
+        message_batches=False,
+        count_tokens=True,
+        tool_choice=True,
+        prompt_caching=False,
+        key_required=False,
+        note="vLLM's Anthropic-compatible server; no document blocks, no disable_parallel_tool_use",
+    ),
+    # reference section 14: /v1/messages and count_tokens; tools need --jinja; no strong claims of
+    # compatibility. 8080 is llama-server's port; --api-key makes it check a Bearer token.
+    "llama-server": Provider(
+        "llama-server",
+        "http://localhost:8080",
+        "bearer",
+        "LLAMA_SERVER_API_KEY",
+        message_batches=False,
+        count_tokens=True,
+        tool_choice=True,
+        prompt_caching=False,
+        key_required=False,
+        note="llama.cpp's llama-server; start it with --jinja for tools",
+    ),
+    # reference section 14: Ollama >= 0.14.0 at http://localhost:11434 (no /v1); key not validated;
+    # no count_tokens, tool_choice, metadata, caching, batches; images base64 only
+    "ollama": Provider(
+        "ollama",
+        "http://localhost:11434",
+        "x-api-key",
+        "OLLAMA_API_KEY",
+        message_batches=False,
+        count_tokens=False,
+        tool_choice=False,
+        prompt_caching=False,
+        key_required=False,
+        note="Ollama 0.14.0 or later; usage is approximate",
     ),
 }
+# sent when a provider that does not check keys has none in the environment (never a real key)
+PLACEHOLDER_KEY = "no-key-needed"
 
 
 def preset(name: str) -> Provider:
     """The preset called ``name`` (the job-file schema only lets known names through)."""
     return PRESETS[name]
+
+
+def unsupported_features(
+    provider: Provider, *, tool_choice: bool = False, count_tokens: bool = False
+) -> list[str]:
+    """What a job asks for that ``provider`` lacks, each as ``key: reason`` (empty when all is there)."""
+    problems: list[str] = []
+    if tool_choice and not provider.tool_choice:
+        problems.append(
+            f"request.tool_choice: provider {provider.name!r} does not support tool_choice; remove it"
+            " (the model may still call the tools) or use another provider"
+        )
+    if count_tokens and not provider.count_tokens:
+        problems.append(f"provider {provider.name!r} has no /v1/messages/count_tokens")
+    return problems

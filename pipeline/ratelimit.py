@@ -6,7 +6,13 @@ second of its rate and refills smoothly; amounts larger than that are taken in b
 
 :class:`RateLimits` bundles the three optional pacers with the bookkeeping that keeps them honest:
 estimates are acquired before a request and the shortfall after the reply, when the real usage is
-known. :class:`PauseGate` is the one place a 429 (or any ``retry-after``) stops every sender.
+known: a reply that used more than its reservation pays the difference, one that used less gives
+the rest back. :class:`PauseGate` is the one place a 429 (or any ``retry-after``) stops every sender.
+
+When the server states no limits (self-hosted servers send no ``anthropic-ratelimit-*`` headers),
+:class:`RateLimits` finds the rate itself: a *slow start* (one request until the server has answered,
+then a pace that doubles every few round trips) until the first 429, then AIMD around the rate the
+server accepts. The opening never bursts: at an unknown limit, a burst is what earns a storm of 429s.
 
 Everything here binds to the running event loop: create it inside the run, never at import.
 """
@@ -34,13 +40,28 @@ OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply r
 PACE_SHARE = 0.985  # of a limit actually used: the margin absorbs jitter in arrival times
 BURST_S = 0.5  # seconds of the rate a bucket may release at once
 # AIMD for servers that state no limits (self-hosted ones): after a 429, pace at the rate that was
-# being answered, a little lower; then probe upwards slowly until the next 429.
+# being answered, a little lower; then probe upwards until the next 429.
 ADAPT_WINDOW_S = 10.0  # successes counted over this window to measure what the server accepts
 ADAPT_DECREASE = 0.9  # new pace = accepted rate x this
 ADAPT_COOLDOWN_S = 2.0  # one decrease per burst of 429s, not one per refused request
 ADAPT_INCREASE_EVERY_S = 3.0
-ADAPT_INCREASE = 0.03  # +3 % per quiet interval: back above a 10 % cut in about 10 s
+ADAPT_INCREASE = 0.03  # the least step per quiet interval while far below the refused rate
 ADAPT_FLOOR_RPM = 1.0
+# Far below the rate of the last 429 the probe climbs fast (halfway there per quiet spell), near it
+# in fine steps: a pace 1 % over the limit takes the server's bucket tens of seconds to drain, where
+# 3 % steps would overshoot within one interval (benchmarks/README.md, figures 2c/2d).
+PROBE_NEAR = 0.97  # of the rate refused at the last 429: below, climb fast; from here, the fine step
+ADAPT_FINE_INCREASE = 0.01
+# Slow start while no limit is known: the pace starts at one round trip's worth of requests a
+# second and doubles every SLOW_START_DOUBLING_RTTS round trips (ack-clocked, so a fast server is at
+# full speed within milliseconds). A 429 halves it and hands over to AIMD. Doubling per round trip,
+# as TCP does, overshoots: the server's burst allowance hides the excess for several round trips.
+SLOW_START_DOUBLING_RTTS = 4.0
+# ...but at least once a second: replies that take 10 s (long answers, streaming) would otherwise
+# need minutes to fill the slots, while a second is already gentle against a one-second burst.
+SLOW_START_MAX_DOUBLING_S = 1.0
+SLOW_START_DECREASE = 0.5
+LATENCY_SMOOTHING = 0.2  # weight of the newest reply in the running latency
 LIMIT_HEADERS = {
     "requests": "anthropic-ratelimit-requests-limit",
     "input_tokens": "anthropic-ratelimit-input-tokens-limit",
@@ -62,10 +83,8 @@ class Pacer:
         if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
-        rate = per_minute * PACE_SHARE
-        self.capacity = max(1.0, rate * BURST_S / 60.0)
-        # the period that refills `capacity` at `rate`: BURST_S at high rates, longer below
-        self._limiter = AsyncLimiter(self.capacity, self.capacity * 60.0 / rate)
+        self.capacity, period = _bucket_shape(per_minute)
+        self._limiter = _Bucket(self.capacity, period)
 
     async def acquire(self, amount: float = 1.0) -> None:
         """Wait until ``amount`` fits the rate; amounts above :attr:`capacity` go in chunks.
@@ -82,6 +101,59 @@ class Pacer:
     def has_capacity(self, amount: float = 1.0) -> bool:
         """Whether ``amount`` (at most :attr:`capacity`) could be taken right now without waiting."""
         return bool(self._limiter.has_capacity(min(amount, self.capacity)))
+
+    def refund(self, amount: float) -> None:
+        """Give back ``amount`` taken for an estimate that turned out too high (call inside the loop).
+
+        The bucket never goes below empty: credit is not banked for a later burst.
+        """
+        if amount > 0:
+            self._limiter.refund(amount)
+
+    def retune(self, per_minute: float) -> None:
+        """Change the rate in place (call inside the loop), keeping what the bucket already holds.
+
+        A fresh pacer would start with an empty bucket, i.e. a free burst, and the requests already
+        waiting on the old one would go on at the old rate. Only for one-unit acquisitions (the
+        request pacer): a waiter's chunk must still fit the new capacity.
+        """
+        if not per_minute > 0:
+            raise ValueError(f"per_minute must be positive, got {per_minute!r}")
+        self.per_minute = per_minute
+        self.capacity, period = _bucket_shape(per_minute)
+        self._limiter.retune(self.capacity, period)
+
+
+class _Bucket(AsyncLimiter):
+    """aiolimiter's leaky bucket plus the two operations it lacks: a refund and a change of rate.
+
+    Both touch aiolimiter's internal level (``_level``, ``_leak``, ``_wake_next``; stable since 1.0);
+    the tests of :class:`Pacer` pin the behaviour.
+    """
+
+    __slots__ = ()
+
+    def refund(self, amount: float) -> None:
+        self._leak()
+        self._level = max(0.0, self._level - amount)
+        self._wake_next()  # a waiter may fit now
+
+    def retune(self, max_rate: float, time_period: float) -> None:
+        if self._level:
+            self._leak()  # what drained at the old rate stays drained (an empty bucket needs no loop)
+        self.max_rate = max_rate
+        self.time_period = time_period
+        self._rate_per_sec = max_rate / time_period
+        self._level = min(self._level, max_rate)
+        self._wake_next()
+
+
+def _bucket_shape(per_minute: float) -> tuple[float, float]:
+    """(capacity, refill period) of a pacer: half a second of PACE_SHARE of the rate, at least 1 unit."""
+    rate = per_minute * PACE_SHARE
+    capacity = max(1.0, rate * BURST_S / 60.0)
+    # the period that refills `capacity` at `rate`: BURST_S at high rates, longer below
+    return capacity, capacity * 60.0 / rate
 
 
 class OutputEstimator:
@@ -113,10 +185,15 @@ class OutputEstimator:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """What was acquired before a request, so the reply can settle the difference."""
+    """What was acquired before a request, so the reply can settle the difference.
+
+    ``probe`` marks the one request a slow start lets out before the server has answered; it must be
+    handed back with :meth:`RateLimits.release` however the request ends.
+    """
 
     input_tokens: int
     output_tokens: int
+    probe: bool = False
 
 
 class RateLimits:
@@ -126,6 +203,9 @@ class RateLimits:
     :param input_tokens_per_minute: ``input_tokens + cache_creation_input_tokens``, which is what the
         API counts (cache reads are free against ITPM).
     :param output_tokens_per_minute: output tokens, reserved from an estimate and settled on the reply.
+    :param slow_start: open with a slow start while the server has stated no limits (see the module
+        docstring); ``concurrency`` is how many requests may be in flight, which ends the slow start
+        once the pace could no longer bind.
     """
 
     def __init__(
@@ -135,6 +215,8 @@ class RateLimits:
         input_tokens_per_minute: float | None = None,
         output_tokens_per_minute: float | None = None,
         clock: Callable[[], float] | None = None,
+        slow_start: bool = False,
+        concurrency: int = 16,
     ) -> None:
         self.requests = Pacer(requests_per_minute) if requests_per_minute else None
         self.input_tokens = Pacer(input_tokens_per_minute) if input_tokens_per_minute else None
@@ -151,9 +233,18 @@ class RateLimits:
         self._stated = False  # the server has stated its limits in headers: no need to guess
         self._answered: deque[float] = deque()
         self._adaptive_rpm: float | None = None
+        self._adaptive: Pacer | None = None  # the request pacer AIMD set, retuned in place
         self._last_change = -math.inf  # any change of the adaptive pace
         self._last_cut = -math.inf  # the last decrease
         self._last_throttle = -math.inf  # the last 429, cut or not
+        self._refused_rpm = math.inf  # the rate at the last 429: probing slows down near it
+        self._concurrency = concurrency
+        self._latency_s: float | None = None  # running mean of reply latency
+        # slow start: one probe until the first answer, then `ramp` paces until a 429 or a stated limit
+        self._slow = slow_start
+        self._probe_busy = False
+        self._probe_free = asyncio.Event()
+        self.ramp: Pacer | None = None
 
     def learn(self, headers: Mapping[str, str]) -> None:
         """Pace no faster than the limits the server states in ``anthropic-ratelimit-*-limit`` headers.
@@ -166,6 +257,7 @@ class RateLimits:
             if stated is None:
                 continue
             self._stated = True
+            self._end_slow_start()
             ceiling = self._ceilings[kind]
             target = stated if ceiling is None else min(stated, ceiling)
             current: Pacer | None = getattr(self, kind)
@@ -177,39 +269,109 @@ class RateLimits:
         """The pace AIMD has settled on, when a server without limit headers has refused requests."""
         return self._adaptive_rpm
 
-    def answered(self) -> None:
-        """Record a request the server accepted; after a quiet spell, raise the adaptive pace a little."""
+    @property
+    def slow_start(self) -> bool:
+        """Whether the run is still in its slow start (no stated limit, no 429, the pace still binding)."""
+        return self._slow
+
+    def answered(self, latency_s: float | None = None) -> None:
+        """Record a request the server accepted (and how long it took, for the slow start's clock).
+
+        In a slow start each answer raises the pace a step; under AIMD a quiet spell raises it a little.
+        """
         now = self._clock()
         if self._first_answer is None:
             self._first_answer = now
         self._answered.append(now)
         while self._answered and self._answered[0] < now - ADAPT_WINDOW_S:
             self._answered.popleft()
+        if latency_s is not None and latency_s >= 0:
+            last = self._latency_s
+            self._latency_s = latency_s if last is None else last + LATENCY_SMOOTHING * (latency_s - last)
+        if self._slow:
+            self._ramp_up()
+            return
         quiet = min(now - self._last_change, now - self._last_throttle)
-        if self._adaptive_rpm is not None and quiet >= ADAPT_INCREASE_EVERY_S:
-            self._set_adaptive(self._adaptive_rpm * (1 + ADAPT_INCREASE), now)
+        if self._adaptive_rpm is not None and not self._stated and quiet >= ADAPT_INCREASE_EVERY_S:
+            self._set_adaptive(self._probe_step(self._adaptive_rpm), now)
 
     def throttled(self) -> None:
-        """A 429: unless the server states its limits, pace just under the rate it was accepting."""
+        """A 429: unless the server states its limits, pace just under the rate it was accepting.
+
+        A 429 in a slow start ends it at half the pace reached; before any answer there is no rate to
+        measure, so only the shared pause rides it out.
+        """
         now = self._clock()
         self._last_throttle = now
         if self._stated or now - self._last_cut < ADAPT_COOLDOWN_S or self._first_answer is None:
-            # before any answer there is no accepted rate to measure: the shared pause rides it out
             return
         window = max(1.0, min(ADAPT_WINDOW_S, now - self._first_answer))
         accepted = sum(1 for t in self._answered if t >= now - window) * 60.0 / window
         if accepted <= 0:
             return
+        decrease = ADAPT_DECREASE
         current = self._adaptive_rpm if self._adaptive_rpm is not None else math.inf
+        if self._slow:
+            # the server's burst allowance hid the overshoot for a while, so what it accepted over a
+            # short window overstates its limit: halve, as TCP does when a slow start ends
+            decrease = SLOW_START_DECREASE
+            current = self.ramp.per_minute if self.ramp is not None else current
+            self._end_slow_start()
+        refused = min(accepted, current)
+        self._refused_rpm = refused
         self._last_cut = now
-        self._set_adaptive(max(ADAPT_FLOOR_RPM, min(accepted, current) * ADAPT_DECREASE), now)
+        self._set_adaptive(max(ADAPT_FLOOR_RPM, refused * decrease), now)
+
+    def _probe_step(self, rpm: float) -> float:
+        """The next pace up: halfway to just under the refused rate when far below it (at least +3 %),
+        then fine steps, so the pace spends its time near the limit instead of crossing it."""
+        near = PROBE_NEAR * self._refused_rpm
+        if rpm >= near:
+            return rpm * (1 + ADAPT_FINE_INCREASE)
+        return min(near, max(rpm * (1 + ADAPT_INCREASE), (rpm + near) / 2))
+
+    def release(self, reservation: Reservation) -> None:
+        """The request of ``reservation`` is over (answered, refused or abandoned): free its probe slot."""
+        if reservation.probe:
+            self._probe_busy = False
+            self._probe_free.set()
+
+    def _ramp_up(self) -> None:
+        """One answer in a slow start: raise the pace so that it doubles every few round trips."""
+        latency = self._latency_s if self._latency_s is not None else 0.2
+        latency = max(latency, 1e-4)
+        ceiling = self._ceilings["requests"]
+        # past this the pace cannot bind: every slot is busy a round trip per request anyway
+        unbound = self._concurrency * 60.0 / latency
+        if self.ramp is None:
+            rpm = 60.0 / latency  # one request at a time, back to back
+        else:
+            # +60 ln2 / D per answer doubles a pace of R/min every D seconds (answers come at R/min)
+            doubling_s = min(SLOW_START_DOUBLING_RTTS * latency, SLOW_START_MAX_DOUBLING_S)
+            rpm = self.ramp.per_minute + 60.0 * math.log(2) / doubling_s
+        if rpm >= min(unbound, ceiling if ceiling is not None else math.inf):
+            log.debug("slow start over: %.0f requests/min without a 429", rpm)
+            self._end_slow_start()
+        elif self.ramp is None:
+            self.ramp = Pacer(rpm)
+        else:
+            self.ramp.retune(rpm)
+
+    def _end_slow_start(self) -> None:
+        self._slow = False
+        self.ramp = None
+        self._probe_busy = False
+        self._probe_free.set()
 
     def _set_adaptive(self, rpm: float, now: float) -> None:
         ceiling = self._ceilings["requests"]
         lower = self._adaptive_rpm is None or rpm < self._adaptive_rpm
         self._adaptive_rpm = rpm if ceiling is None else min(rpm, ceiling)
         self._last_change = now
-        self.requests = Pacer(self._adaptive_rpm)
+        if self._adaptive is not None and self.requests is self._adaptive:
+            self._adaptive.retune(self._adaptive_rpm)  # in place: a new bucket would start with a burst
+        else:
+            self.requests = self._adaptive = Pacer(self._adaptive_rpm)
         log.log(
             logging.INFO if lower else logging.DEBUG,
             "the server states no rate limits: pacing at %.0f requests/min (%s)",
@@ -218,28 +380,54 @@ class RateLimits:
         )
 
     async def acquire(self, *, input_tokens: int, max_tokens: int) -> Reservation:
-        """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken."""
-        if self.requests is not None:
-            await self.requests.acquire(1)
-        if self.input_tokens is not None:
-            await self.input_tokens.acquire(max(0, input_tokens))
-        # estimated only now: replies that arrived while this request waited its turn count
-        reservation = Reservation(max(0, input_tokens), self.output_estimator.estimate(max_tokens))
-        if self.output_tokens is not None:
-            await self.output_tokens.acquire(reservation.output_tokens)
+        """Wait for room for one request with ``input_tokens`` estimated input; returns what was taken.
+
+        Pass the result to :meth:`settle` once the reply is in, and to :meth:`release` however the
+        request ends.
+        """
+        probe = False
+        while self._slow and self._first_answer is None:
+            if not self._probe_busy:
+                # the first request of a slow start goes alone: it finds out whether the server states limits
+                self._probe_busy = probe = True
+                self._probe_free.clear()
+                break
+            await self._probe_free.wait()
+        try:
+            if self.ramp is not None:
+                await self.ramp.acquire(1)
+            if self.requests is not None:
+                await self.requests.acquire(1)
+            if self.input_tokens is not None:
+                await self.input_tokens.acquire(max(0, input_tokens))
+            # estimated only now: replies that arrived while this request waited its turn count
+            reservation = Reservation(max(0, input_tokens), self.output_estimator.estimate(max_tokens), probe)
+            if self.output_tokens is not None:
+                await self.output_tokens.acquire(reservation.output_tokens)
+        except BaseException:
+            # cancelled while waiting for budget: a probe that never went must not hold up the rest
+            self.release(Reservation(0, 0, probe))
+            raise
         return reservation
 
     async def settle(self, reservation: Reservation, usage: Usage) -> None:
-        """Take what the reply used beyond the reservation, so the budgets track real usage.
+        """Correct the budgets to what the reply really used: take a shortfall, give back an excess.
 
-        Over-estimates are not given back: aiolimiter has no refund, and the bucket drains anyway.
+        Without the refund, every reply shorter than its estimate would cost the estimate: a pace of
+        reservations rather than of tokens (80 % of an output limit with a 20 % headroom).
         """
         self.output_estimator.observe(usage.output_tokens)
         used_input = usage.input_tokens + usage.cache_creation_input_tokens
-        if self.input_tokens is not None and used_input > reservation.input_tokens:
-            await self.input_tokens.acquire(used_input - reservation.input_tokens)
-        if self.output_tokens is not None and usage.output_tokens > reservation.output_tokens:
-            await self.output_tokens.acquire(usage.output_tokens - reservation.output_tokens)
+        for pacer, reserved, used in (
+            (self.input_tokens, reservation.input_tokens, used_input),
+            (self.output_tokens, reservation.output_tokens, usage.output_tokens),
+        ):
+            if pacer is None:
+                continue
+            if used > reserved:
+                await pacer.acquire(used - reserved)
+            else:
+                pacer.refund(reserved - used)
 
 
 class PauseGate:

@@ -78,6 +78,7 @@ class Result:
     latency_ms: float | None = None
     error_type: str | None = None
     error_message: str | None = None
+    shared_with: str | None = None  # row_id of the row whose identical request answered this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +96,4 @@ class Summary:
     wall_s: float = 0.0
     cost_usd: float | None = None  # None when no price is known for the model
     priced_as: str = ""  # which prices the cost used, or why there is none
+    rows_shared: int = 0  # rows answered by another row's identical request (dedupe), no request of their own

@@ -20,6 +20,7 @@ def summary_dict(summary: Summary, *, output: str, exit_code: int) -> dict[str, 
             "error": summary.rows_error,
             "skipped": summary.rows_skipped,
         },
+        "rows_shared": summary.rows_shared,
         "errors_by_type": dict(sorted(summary.errors_by_type.items())),
         "tokens": {
             "input": usage.input_tokens,
@@ -48,6 +49,11 @@ def summary_text(summary: Summary, *, output: str) -> str:
         f"{done} rows sent: {summary.rows_ok} ok, {summary.rows_error} error"
         f" ({summary.rows_skipped} already done, skipped) in {summary.wall_s:.1f}s ({rate:.1f} rows/s)",
     ]
+    if summary.rows_shared:
+        lines.append(
+            f"{summary.rows_shared} rows answered by an identical request of another row (dedupe),"
+            " not sent again"
+        )
     if summary.errors_by_type:
         parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
         lines.append(f"errors by type: {parts}")

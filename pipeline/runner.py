@@ -13,24 +13,30 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 
-from pipeline.build import build_payload, check_request_size, estimate_input_tokens
+from pipeline.build import build_payload, check_request_size, estimate_input_tokens, request_key
 from pipeline.client import ClientConfig, MessagesClient
+from pipeline.dedupe import Dedupe, shared_result
 from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
+from pipeline.gallery import note_job
 from pipeline.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.lock import locked_output
 from pipeline.prices import describe_price, price_for
+from pipeline.progress import Limits as ProgressLimits
+from pipeline.progress import Progress
 from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
 from pipeline.records import Result, Row, Sent, Summary, Usage
 from pipeline.shutdown import Shutdown
 from pipeline.sources import describe_cell, load_image
 from pipeline.spec import JobSpec, RequestSpec, template_fields
+from pipeline.structured import schema_violation
+from pipeline.tokens import cache_shortfall
 from pipeline.wire import MessagePayload
 from pipeline.writer import Journal, ResultStore, RetryPolicy, output_schema
 
@@ -53,6 +59,7 @@ class RunOptions:
     fresh: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     grace_s: float = 30.0
+    progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class _Work:
     row: Row
     payload: MessagePayload
     input_tokens: int
+    key: str | None = None  # request_key, when identical requests are sent once
 
 
 @dataclass(slots=True)
@@ -86,8 +94,11 @@ class _Tally:
     output_tokens: int = 0
     cache_creation: int = 0
     cache_read: int = 0
+    shared: int = 0
 
     def add(self, result: Result) -> None:
+        if result.shared_with is not None:
+            self.shared += 1
         if result.status == "ok":
             self.ok += 1
         else:
@@ -104,10 +115,15 @@ class _Tally:
 class _Recorder:
     """Journals each result the moment it exists, so a crash loses only requests in flight."""
 
-    def __init__(self, journal: Journal, fingerprint: str) -> None:
+    def __init__(self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None) -> None:
         self.journal = journal
         self.fingerprint = fingerprint
         self.tally = _Tally()
+        self.dedupe = dedupe
+
+    def shared(self, row: Row, leader: Result) -> None:
+        """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
+        self._record(shared_result(leader, row))
 
     def ok(self, row: Row, sent: Sent) -> None:
         self._record(
@@ -119,6 +135,22 @@ class _Recorder:
                 reply=sent.reply,
                 attempts=sent.attempts,
                 latency_ms=round(sent.latency_ms, 1),
+            )
+        )
+
+    def violation(self, row: Row, sent: Sent, message: str) -> None:
+        """A reply whose tool input breaks its schema: an error row that keeps the tokens it cost."""
+        self._record(
+            Result(
+                row=row,
+                status="error",
+                finished_at=datetime.now(UTC),
+                fingerprint=self.fingerprint,
+                reply=sent.reply,
+                attempts=sent.attempts,
+                latency_ms=round(sent.latency_ms, 1),
+                error_type="schema_violation",
+                error_message=message,
             )
         )
 
@@ -136,8 +168,13 @@ class _Recorder:
         )
 
     def _record(self, result: Result) -> None:
-        self.journal.append([result])
-        self.tally.add(result)
+        batch = [result]
+        if self.dedupe is not None:
+            # a leader and the rows waiting for it reach the journal in one batch: a crash keeps all or none
+            batch += [shared_result(result, row) for row in self.dedupe.settle(result)]
+        self.journal.append(batch)
+        for item in batch:
+            self.tally.add(item)
 
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:
@@ -184,8 +221,11 @@ async def _run_locked(
         store.compact()  # folds in what an earlier, interrupted run journalled
     table = open_job_input(spec, options.input)
     settled = store.settled(fingerprint, options.retry)
-    journal = store.new_journal(output_schema(table.arrow_schema))
-    recorder = _Recorder(journal, fingerprint)
+    note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
+    journal = store.new_journal(output_schema(table.arrow_schema, request))
+    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
+    if request.cache and (note := cache_shortfall(request)):
+        log.warning("%s", note)
     limits = spec.limits
     config = ClientConfig(
         base_url=options.base_url,
@@ -206,7 +246,21 @@ async def _run_locked(
     try:
         async with client:
             try:
-                await _Run(table, settled, request, client, recorder).pump(options.limit, shutdown)
+                run = _Run(table, settled, request, client, recorder)
+                run.progress = Progress(
+                    recorder.tally,
+                    limits=ProgressLimits(
+                        limits.requests_per_minute,
+                        limits.input_tokens_per_minute,
+                        limits.output_tokens_per_minute,
+                    ),
+                    price=price_for(request.model, spec.prices),
+                    cache_ttl=request.cache_ttl,
+                    requests_sent=lambda: client.requests_sent,
+                    reading_done=lambda: run.reading_done,
+                    live=options.progress,
+                )
+                await run.pump(options.limit, shutdown)
             except* FatalApiError as group:
                 fatal = _first(group, FatalApiError)
             except* PipelineError as group:
@@ -232,8 +286,9 @@ async def _run_locked(
         requests_sent=client.requests_sent,
         retries=client.retries,
         wall_s=time.monotonic() - started,
-        cost_usd=price.cost_usd(usage) if price is not None else None,
+        cost_usd=price.cost_usd(usage, cache_ttl=request.cache_ttl) if price is not None else None,
         priced_as=describe_price(price, request.model),
+        rows_shared=tally.shared,
     )
     return RunOutcome(
         summary=summary,
@@ -279,6 +334,8 @@ class _Run:
         self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
         self.stopping = False
         self.in_flight = 0
+        self.reading_done = False  # the producer has read the whole input (the total is known)
+        self.progress: Progress | None = None
 
     async def pump(self, limit: int | None, shutdown: Shutdown) -> None:
         """Produce and send every row; returns when all are recorded or a signal stopped the run.
@@ -288,7 +345,8 @@ class _Run:
         """
         async with asyncio.TaskGroup() as group:
             workers = [group.create_task(self._send_loop()) for _ in range(self.client.config.concurrency)]
-            reporter = group.create_task(_report_progress(self.recorder.tally))
+            shown = self.progress.run() if self.progress else _report_progress(self.recorder.tally)
+            reporter = group.create_task(shown)
             producer = group.create_task(self._produce(limit))
             shutdown.in_flight = lambda: self.in_flight
             shutdown.install(
@@ -328,13 +386,14 @@ class _Run:
                     tally.to_do += 1
                     await self.slots.acquire()
                     preparing.create_task(self._prepare(sourced))
+            self.reading_done = True
 
     async def _prepare(self, sourced: SourcedRow) -> None:
         # The slot is held until the work is queued: rows waiting for a sender count against the
         # bound too, so memory stays flat however far the reader runs ahead.
         try:
             work = await self._build(sourced)
-            if work is not None:
+            if work is not None and not self._shared(work):
                 await self.queue.put(work)
         finally:
             self.slots.release()
@@ -350,7 +409,22 @@ class _Run:
             log.exception("unexpected error preparing row %s", row.row_id)
             self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
             return None
-        return _Work(row, payload, input_tokens)
+        key = None
+        if self.recorder.dedupe is not None:
+            # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
+            has_images = len(payload["messages"][0]["content"]) > 1
+            key = await asyncio.to_thread(request_key, payload) if has_images else request_key(payload)
+        return _Work(row, payload, input_tokens, key)
+
+    def _shared(self, work: _Work) -> bool:
+        """Whether an identical request of another row answers this one (so it is not sent)."""
+        dedupe = self.recorder.dedupe
+        if dedupe is None or work.key is None:
+            return False
+        verdict, leader = dedupe.claim(work.key, work.row)
+        if verdict == "copy" and leader is not None:
+            self.recorder.shared(work.row, leader)
+        return verdict != "lead"
 
     async def _load(self, cell: str, base_dir: Path) -> bytes:
         return await load_image(
@@ -367,7 +441,7 @@ class _Run:
                 continue
             self.in_flight += 1
             try:
-                sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
+                sent, violation = await self._send_conforming(work)
             except FatalApiError:
                 raise
             except ApiError as exc:
@@ -376,21 +450,60 @@ class _Run:
                 log.exception("unexpected error on row %s", work.row.row_id)
                 self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
             else:
-                self.recorder.ok(work.row, sent)
+                if violation is None:
+                    self.recorder.ok(work.row, sent)
+                else:
+                    self.recorder.violation(work.row, sent, violation)
             finally:
                 self.in_flight -= 1
 
+    async def _send_conforming(self, work: _Work) -> tuple[Sent, str | None]:
+        """Send, and send again while the tool input breaks its schema (up to ``schema_attempts``).
+
+        Returns the last reply, with the attempts and tokens of every try added up (all were paid
+        for), and the last violation, or None when the reply conforms.
+        """
+        sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
+        violation = schema_violation(self.request, sent.reply)
+        tries = 1
+        while violation is not None and tries < self.request.schema_attempts and not self.stopping:
+            log.debug("row %s: %s; sending again", work.row.row_id, violation)
+            again = await self.client.send(work.payload, input_tokens=work.input_tokens)
+            sent = Sent(
+                reply=replace(again.reply, usage=add_usage(sent.reply.usage, again.reply.usage)),
+                attempts=sent.attempts + again.attempts,
+                latency_ms=again.latency_ms,
+            )
+            violation = schema_violation(self.request, sent.reply)
+            tries += 1
+        return sent, violation
+
+
+def add_usage(first: Usage, second: Usage) -> Usage:
+    """Token counts of two requests together."""
+    return Usage(
+        first.input_tokens + second.input_tokens,
+        first.output_tokens + second.output_tokens,
+        first.cache_creation_input_tokens + second.cache_creation_input_tokens,
+        first.cache_read_input_tokens + second.cache_read_input_tokens,
+    )
+
 
 async def prepare_request(
-    request: RequestSpec, sourced: SourcedRow, load: Callable[[str, Path], Awaitable[bytes | None]]
+    request: RequestSpec,
+    sourced: SourcedRow,
+    load: Callable[[str, Path], Awaitable[bytes | None]],
+    *,
+    prepared: list[PreparedImage] | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
-    The one place a row becomes a request, for ``run`` and ``validate`` alike: ``load`` fetches an
-    image cell's bytes, or returns None to leave the image out (``validate`` fetches no URLs).
+    The one place a row becomes a request, for ``run``, ``validate`` and ``estimate`` alike: ``load``
+    fetches an image cell's bytes, or returns None to leave the image out (``validate`` and
+    ``estimate`` fetch no URLs). ``prepared``, when given, receives the images as they will be sent.
     """
     cells = image_cells(request, sourced.row)
-    policy = ImagePolicy(max_edge=request.image_max_edge)
+    policy = ImagePolicy(max_edge=request.image_max_edge, max_pixels=request.image_max_pixels)
     if len(cells) > MANY_IMAGES:
         policy = policy.for_many_images()
     images: list[PreparedImage] = []
@@ -405,6 +518,8 @@ async def prepare_request(
     input_tokens = estimate_input_tokens(payload, images)
     # a request the API would refuse for its size is this row's error, and is never sent
     check_request_size(payload, input_tokens, request.input_token_limit)
+    if prepared is not None:
+        prepared.extend(images)
     return payload, input_tokens, len(images)
 
 

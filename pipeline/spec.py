@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import SpecError
-from pipeline.providers import PRESETS, Provider, ProviderName, preset
+from pipeline.providers import PRESETS, Provider, ProviderName, preset, unsupported_features
 
 # max_tokens above this cannot be sent without streaming (SDK guard: 3600*max_tokens/128000 > 600 s)
 NON_STREAMING_MAX_TOKENS = 21_333
@@ -38,9 +38,13 @@ TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 LONG_CONTEXT_PREFIXES = ("claude-opus-5", "claude-sonnet-5", "claude-fable-5", "claude-mythos-5")
 LONG_CONTEXT_TOKENS = 1_000_000
 DEFAULT_CONTEXT_TOKENS = 200_000
+# Settings added after outputs existed: hashed only when set, so their arrival invalidates nothing.
+FINGERPRINTED_WHEN_SET = ("image_max_pixels",)
 # Settings that decide whether a row is sent, not what the answer is: kept out of the fingerprint so
 # that changing them does not re-send (and re-pay for) every finished row.
-NOT_FINGERPRINTED = frozenset({"stream", "max_input_tokens", "image_root"})
+NOT_FINGERPRINTED = frozenset(
+    {"stream", "max_input_tokens", "image_root", "schema_attempts", "cache", "cache_ttl", "dedupe"}
+)
 
 
 class _Strict(BaseModel):
@@ -66,6 +70,9 @@ class ToolSpec(_Strict):
     def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("type") != "object":
             raise ValueError('input_schema must have type = "object"')
+        from pipeline.structured import check_tool_schema  # here: structured imports this module
+
+        check_tool_schema(value)
         return value
 
 
@@ -87,6 +94,15 @@ class RequestSpec(_Strict):
     stream: bool | None = None
     max_input_tokens: int | None = Field(default=None, ge=1)
     image_root: str | None = Field(default=None, min_length=1)
+    # requests per row while its tool input breaks the tool's input_schema (first included)
+    schema_attempts: int = Field(default=3, ge=1, le=20)
+    # fewer pixels, fewer image tokens: an image over this many pixels is shrunk to fit (fingerprinted)
+    image_max_pixels: int | None = Field(default=None, ge=40_000, le=64_000_000)
+    # mark the shared prefix (tools and system) with cache_control; never changes an answer
+    cache: bool = False
+    cache_ttl: Literal["5m", "1h"] = "5m"
+    # send identical requests once; None: on when temperature is 0 (the answer is meant to repeat)
+    dedupe: bool | None = None
 
     @field_validator("prompt", "system")
     @classmethod
@@ -129,6 +145,11 @@ class RequestSpec(_Strict):
         return self.max_tokens > cap or bool(self.stream)
 
     @property
+    def dedupes(self) -> bool:
+        """Whether identical requests in a run are sent once: ``dedupe``, else on at temperature 0."""
+        return self.dedupe if self.dedupe is not None else self.temperature == 0
+
+    @property
     def input_token_limit(self) -> int:
         """Most input tokens one request may hold: ``max_input_tokens``, else the model's context window."""
         if self.max_input_tokens is not None:
@@ -138,6 +159,9 @@ class RequestSpec(_Strict):
     def fingerprint(self) -> str:
         """A hash of everything that shapes the answer; a change means old answers are stale."""
         settings = self.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
+        for name in FINGERPRINTED_WHEN_SET:
+            if settings.get(name) is None:
+                del settings[name]  # a setting added later must not make every earlier answer stale
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -154,6 +178,8 @@ class ApiSpec(_Strict):
     api_key_env: str = "ANTHROPIC_API_KEY"
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
+    # "batch": send through the Message Batches API (half price, results within 24 h); see [batch]
+    mode: Literal["realtime", "batch"] = "realtime"
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +190,8 @@ class ApiSpec(_Strict):
         if name not in PRESETS:
             return data  # the Literal check names the choices
         chosen = preset(name)
+        if not chosen.base_url and "base_url" not in data:
+            raise ValueError(f"provider {name!r} has no default base_url; set base_url")
         defaults = {"base_url": chosen.base_url, "auth": chosen.auth, "api_key_env": chosen.api_key_env}
         return {**defaults, **data}
 
@@ -191,6 +219,25 @@ class LimitsSpec(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
+# The Message Batches API's caps per batch (reference section 8): 100,000 requests or 256 MB.
+BATCH_MAX_REQUESTS = 100_000
+BATCH_MAX_BYTES = 256_000_000
+
+
+class BatchSpec(_Strict):
+    """The optional ``[batch]`` table: how ``--mode batch`` splits, polls and resubmits.
+
+    None of it shapes an answer, so none of it feeds the request fingerprint.
+    """
+
+    max_requests: int = Field(default=BATCH_MAX_REQUESTS, ge=1, le=BATCH_MAX_REQUESTS)
+    max_bytes: int = Field(default=BATCH_MAX_BYTES, ge=10_000, le=BATCH_MAX_BYTES)
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    max_poll_interval_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    orphan_grace_s: float = Field(default=600.0, ge=0)
+
+
 class PricesSpec(_Strict):
     """The optional ``[prices]`` table: dollars per million tokens, overriding the shipped table."""
 
@@ -209,6 +256,7 @@ class JobSpec(_Strict):
     request: RequestSpec
     api: ApiSpec = ApiSpec()
     limits: LimitsSpec = LimitsSpec()
+    batch: BatchSpec = BatchSpec()
     prices: PricesSpec | None = None
     source: str = Field(default="", exclude=True)
 
@@ -257,6 +305,17 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
         raise SpecError(f"{path}: {describe_validation_error(exc)}") from None
     base = path.parent
     request = spec.request
+    # refused once, up front, rather than as a 400 (or a silently ignored field) on every row
+    if request.cache and not spec.api.preset.prompt_caching:
+        raise SpecError(
+            f"{path}: request.cache: provider {spec.api.provider!r} does not support prompt caching"
+        )
+    if request.cache and not (request.system or request.tools):
+        raise SpecError(
+            f"{path}: request.cache: nothing to cache; caching marks the shared system prompt and tools"
+        )
+    for problem in unsupported_features(spec.api.preset, tool_choice=request.tool_choice is not None):
+        raise SpecError(f"{path}: {problem}")
     if request.image_root is not None:
         root = _resolve(base, request.image_root)
         # checked here so a typo is one error for the job, not an image_error on every row

@@ -7,9 +7,20 @@ from typing import Any, Literal, NotRequired, TypedDict
 MediaType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
 
 
+class CacheControl(TypedDict):
+    type: Literal["ephemeral"]
+    ttl: NotRequired[Literal["5m", "1h"]]
+
+
 class TextBlock(TypedDict):
     type: Literal["text"]
     text: str
+
+
+class SystemBlock(TypedDict):
+    type: Literal["text"]
+    text: str
+    cache_control: NotRequired[CacheControl]
 
 
 class Base64Source(TypedDict):
@@ -32,13 +43,14 @@ class ToolParam(TypedDict):
     name: str
     description: NotRequired[str]
     input_schema: dict[str, Any]
+    cache_control: NotRequired[CacheControl]
 
 
 class MessagePayload(TypedDict):
     model: str
     max_tokens: int
     messages: list[UserMessage]
-    system: NotRequired[str]
+    system: NotRequired[str | list[SystemBlock]]
     temperature: NotRequired[float]
     top_p: NotRequired[float]
     top_k: NotRequired[int]

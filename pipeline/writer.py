@@ -8,14 +8,19 @@ Layout of an output directory::
 Each result is appended to the run's journal the moment it arrives (a write to the OS, so ``kill -9``
 loses at most the requests still in flight; a torn last record is detected and dropped on read).
 ``compact`` folds the journals into ``results.parquet`` by writing a temporary file, fsyncing it and
-renaming it over the old one, then deletes the folded journals. Knows nothing about HTTP.
+renaming it over the old one, then deletes the folded journals. It streams: one pass reads only the
+keys (``row_id``, ``row_index``) and copies each journal into a random-access Arrow file, then the
+output is written a row group at a time, so memory stays flat however many rows the store holds.
+Knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,14 +28,27 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
 from pipeline.records import Result
+from pipeline.spec import RequestSpec
+from pipeline.structured import ColumnPlan, column_plan, plan_from_json
+
+# Arrow's default allocator (mimalloc) keeps what it frees for reuse, per thread, so the final
+# compaction of a large run left tens of MB of peak RSS that never came back; the system allocator
+# returns large blocks at once. A user's own ARROW_DEFAULT_MEMORY_POOL choice is left alone.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.system_memory_pool())
 
 RESULTS_FILE = "results.parquet"
 PREVIOUS_FILE = "results.previous.parquet"
 JOURNAL_DIR = ".journal"
 COALESCE_ROWS = 2048
+SMALL_BATCHES = 64
+# Rows per row group of results.parquet, and per step of compaction: what compaction holds at once.
+FOLD_ROWS = 4096
 
 TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("name", pa.string()), ("input", pa.string())])
 HEAD_FIELDS = [
@@ -48,6 +66,7 @@ TAIL_FIELDS = [
     pa.field("cache_read_input_tokens", pa.int64()),
     pa.field("message_id", pa.string()),
     pa.field("request_id", pa.string()),
+    pa.field("shared_request_with", pa.string()),
     pa.field("attempts", pa.int32()),
     pa.field("latency_ms", pa.float64()),
     pa.field("error_type", pa.string()),
@@ -86,21 +105,44 @@ class RetryPolicy:
         return cls(types=frozenset(words))
 
 
-def output_column(input_column: str) -> str:
+# schema metadata key holding the forced tool's typed-column plan (structured.ColumnPlan.to_json)
+TOOL_COLUMNS_KEY = b"pipeline.tool_columns"
+
+
+def output_column(input_column: str, reserved: frozenset[str] = RESULT_COLUMNS) -> str:
     """The name an input column gets in the output: itself, or ``input_<name>`` when it clashes."""
-    return f"input_{input_column}" if input_column in RESULT_COLUMNS else input_column
+    return f"input_{input_column}" if input_column in reserved else input_column
 
 
-def output_schema(input_schema: pa.Schema) -> pa.Schema:
-    """Result columns around the input's own columns (types kept as read)."""
-    inputs = [field.with_name(output_column(field.name)) for field in input_schema]
-    return pa.schema(HEAD_FIELDS + inputs + TAIL_FIELDS)
+def output_schema(input_schema: pa.Schema, request: RequestSpec | None = None) -> pa.Schema:
+    """Result columns around the input's own columns (types kept as read) and a forced tool's columns.
+
+    Input columns yield: one named like a result column or a tool column (``out_<property>``)
+    becomes ``input_<name>``.
+    """
+    plan = column_plan(request) if request is not None else None
+    reserved = RESULT_COLUMNS | plan.names if plan else RESULT_COLUMNS
+    inputs = [field.with_name(output_column(field.name, reserved)) for field in input_schema]
+    if plan is None:
+        return pa.schema(HEAD_FIELDS + inputs + TAIL_FIELDS)
+    fields = HEAD_FIELDS + inputs + plan.fields() + TAIL_FIELDS
+    return pa.schema(fields, metadata={TOOL_COLUMNS_KEY: plan.to_json().encode()})
 
 
-def result_record(result: Result) -> dict[str, Any]:
-    """One output row as a plain dict, keyed by output column names."""
+def _plan(schema: pa.Schema | None) -> ColumnPlan | None:
+    metadata = schema.metadata if schema is not None else None
+    text = metadata.get(TOOL_COLUMNS_KEY) if metadata else None
+    return plan_from_json(text.decode()) if text else None
+
+
+def result_record(result: Result, schema: pa.Schema | None = None) -> dict[str, Any]:
+    """One output row as a plain dict, keyed by output column names (``schema`` from ``output_schema``)."""
+    plan = _plan(schema)
+    reserved = RESULT_COLUMNS | plan.names if plan else RESULT_COLUMNS
     record: dict[str, Any] = {"row_id": result.row.row_id, "status": result.status}
-    record.update({output_column(name): value for name, value in result.row.values.items()})
+    record.update({output_column(name, reserved): value for name, value in result.row.values.items()})
+    if plan is not None:
+        record.update(plan.values(result.reply))
     reply = result.reply
     usage = reply.usage if reply else None
     record.update(
@@ -116,6 +158,7 @@ def result_record(result: Result) -> dict[str, Any]:
         cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
         message_id=reply.message_id if reply else None,
         request_id=reply.request_id if reply else None,
+        shared_request_with=result.shared_with,
         attempts=result.attempts,
         latency_ms=result.latency_ms,
         error_type=result.error_type,
@@ -129,7 +172,13 @@ def result_record(result: Result) -> dict[str, Any]:
 
 
 class Journal:
-    """The append-only record of one run's results."""
+    """The append-only record of one run's results.
+
+    Inside an event loop, results appended during one turn of the loop are written together, as one
+    record batch, when the turn ends (``loop.call_soon``): a batch costs ~120 µs however few rows it
+    holds, and at zero latency several replies land per turn. A write that fails is raised by the
+    next ``append`` or by ``close``. Outside a loop every append is written at once.
+    """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
@@ -141,25 +190,67 @@ class Journal:
             self._writer = pa.ipc.new_stream(self._sink, schema)
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        self.rows_written = 0
+        self.rows_written = 0  # rows appended (written by the end of the loop's turn)
+        self._pending: list[Result] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._failure: OutputError | None = None
 
     def append(self, results: Sequence[Result]) -> None:
-        """Write results as one record batch."""
+        """Record results; they reach the file together (one batch: all or none survive a crash)."""
+        if self._failure is not None:
+            raise self._failure
         if not results:
             return
-        batch = pa.RecordBatch.from_pylist([result_record(r) for r in results], schema=self.schema)
+        self._pending.extend(results)
+        self.rows_written += len(results)
+        if self._flush_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_handle = loop.call_soon(self._flush_soon)
+
+    def flush(self) -> None:
+        """Write what was appended and not yet written, as one record batch."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        records = [result_record(r, self.schema) for r in pending]
+        batch = pa.RecordBatch.from_pylist(records, schema=self.schema)
         try:
             self._writer.write_batch(batch)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self.rows_written += len(results)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        try:
+            self.flush()
+        except OutputError as exc:
+            self._failure = exc  # raised by the next append, or by close
 
     def close(self) -> None:
-        """Finish the stream (an unfinished one still reads back fine)."""
+        """Write what is pending and finish the stream (an unfinished one still reads back fine).
+
+        :raises OutputError: when a write of this journal failed; what was written before stays readable.
+        """
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        failure = self._failure
+        try:
+            self.flush()
+        except OutputError as exc:
+            failure = failure or exc
         with contextlib.suppress(OSError):
             self._writer.close()
         with contextlib.suppress(OSError):
             self._sink.close()
+        if failure is not None:
+            self._failure = None
+            raise failure
 
 
 def read_journal(path: Path) -> pa.Table | None:
@@ -168,29 +259,55 @@ def read_journal(path: Path) -> pa.Table | None:
     A journal holds one small batch per result, so batches are coalesced as they are read: holding
     tens of thousands of one-row batches at once costs far more memory than their data.
     """
-    combined: list[pa.RecordBatch] = []
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
+    schema = journal_schema(path)
+    if schema is None:
+        return None  # not even a schema made it to disk: the run died before its first result
+    return pa.Table.from_batches(list(iter_journal(path)), schema=schema)
+
+
+def journal_schema(path: Path) -> pa.Schema | None:
+    """A journal's schema, or None when the run died before writing it."""
     try:
         with pa.OSFile(str(path), "rb") as source:
-            reader = pa.ipc.open_stream(source)
-            schema = reader.schema
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except (pa.ArrowInvalid, OSError):
-                    break
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                if pending_rows >= COALESCE_ROWS:
-                    combined.extend(_coalesce(pending, schema))
-                    pending, pending_rows = [], 0
+            return pa.ipc.open_stream(source).schema
     except (pa.ArrowInvalid, OSError):
-        return None  # not even a schema made it to disk: the run died before its first result
-    combined.extend(_coalesce(pending, schema))
-    return pa.Table.from_batches(combined, schema=schema)
+        return None
+
+
+def iter_journal(path: Path, rows: int = COALESCE_ROWS) -> Iterator[pa.RecordBatch]:
+    """A journal's complete batches, coalesced to about ``rows`` rows each; a torn tail ends it quietly."""
+    try:
+        source = pa.OSFile(str(path), "rb")
+    except OSError:
+        return
+    with source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except (pa.ArrowInvalid, OSError):
+            return
+        schema = reader.schema
+        # Two levels: a batch read from the stream costs ~18 KB however small it is, so only
+        # SMALL_BATCHES of them are held before they are copied into one.
+        small: list[pa.RecordBatch] = []
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError):
+                break  # torn tail: the process was killed mid-write
+            small.append(batch)
+            pending_rows += batch.num_rows
+            if len(small) >= SMALL_BATCHES or pending_rows >= rows:
+                pending.extend(_coalesce(small, schema))
+                small = []
+            if pending_rows >= rows:
+                yield from _coalesce(pending, schema)
+                pending, pending_rows = [], 0
+        pending.extend(_coalesce(small, schema))
+        yield from _coalesce(pending, schema)
 
 
 def _coalesce(batches: list[pa.RecordBatch], schema: pa.Schema) -> list[pa.RecordBatch]:
@@ -259,17 +376,18 @@ class ResultStore:
         return dict(zip(settled["row_id"].to_list(), settled["row_hash"].to_list(), strict=True))
 
     def compact(self) -> int:
-        """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count."""
+        """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count.
+
+        Rows come out ordered by ``row_index`` (ties in the order they were recorded); columns a newer
+        run added appear, null for older rows (a diagonal concatenation). Streams: see the module
+        docstring.
+        """
         journals = self.journals()
         if not journals:
             return self._count()
-        merged = self._merge(journals)
-        if merged is None:
-            self._remove(journals)
-            return self._count()
-        self._write_atomically(merged)
+        written = _Fold(self, journals).run()
         self._remove(journals)
-        return merged.height
+        return self._count() if written is None else written
 
     def ensure_results(self, schema: pa.Schema) -> None:
         """Leave a valid, empty ``results.parquet`` when a run had nothing to record (a header-only input)."""
@@ -316,9 +434,13 @@ class ResultStore:
                 yield frame
 
     def _write_atomically(self, frame: pl.DataFrame) -> None:
+        self._replace_results(lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
+
+    def _replace_results(self, write: Callable[[Path], None]) -> None:
+        """Have ``write`` fill a temporary file, fsync it, and rename it over ``results.parquet``."""
         tmp = self.directory / f".{RESULTS_FILE}.tmp-{os.getpid()}"
         try:
-            frame.write_parquet(tmp, compression="zstd", statistics=True)
+            write(tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, self.results_path)
@@ -341,10 +463,274 @@ class ResultStore:
 
 
 def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(_column_order(frame.columns))
+
+
+def _column_order(names: Sequence[str]) -> list[str]:
+    """Result columns first and last, everything else (input and tool columns) between, as found."""
     head = [field.name for field in HEAD_FIELDS]
     tail = [field.name for field in TAIL_FIELDS]
-    middle = [name for name in frame.columns if name not in RESULT_COLUMNS]
-    return frame.select(head + middle + [name for name in tail if name in frame.columns])
+    middle = [name for name in names if name not in RESULT_COLUMNS]
+    return head + middle + [name for name in tail if name in names]
+
+
+class _Fold:
+    """One streaming compaction: old ``results.parquet`` plus journals into a new one.
+
+    1. The sources' schemas are unified, as ``pl.concat(how="diagonal_relaxed")`` would: a column
+       missing from a source is null there, differing types widen (to a string when nothing else fits).
+    2. One pass over the journals copies each, conformed to that schema and in coalesced batches,
+       into a random-access Arrow file beside it (the torn tail dropped), keeping only the keys.
+    3. From the keys alone: the latest result per ``row_id`` wins, ordered by ``row_index``.
+    4. The output is written :data:`FOLD_ROWS` rows at a time: each step reads only the row groups
+       and batches holding rows of that step, then sorts those rows into place.
+    """
+
+    def __init__(self, store: ResultStore, journals: list[Path]) -> None:
+        self.store = store
+        self.journals = journals
+        self.copies: list[Path] = []
+
+    def run(self) -> int | None:
+        """Write the folded results; None when the journals hold no rows (nothing is rewritten)."""
+        try:
+            return self._run()
+        except (pa.ArrowException, OSError) as exc:
+            raise OutputError(f"cannot compact {self.store.directory}: {exc}") from None
+        finally:
+            self.store._remove(self.copies)
+
+    def _run(self) -> int | None:
+        # copies a compaction killed midway left behind (the output lock says no other one runs)
+        self.store._remove(self.store.journal_dir.glob(".*.fold-*"))
+        results = self.store.results_path
+        old = pq.ParquetFile(results) if results.exists() else None
+        schemas = [_plain_schema(old.schema_arrow)] if old is not None else []
+        journal_schemas = [(path, journal_schema(path)) for path in self.journals]
+        schemas += [schema for _, schema in journal_schemas if schema is not None]
+        if not schemas:
+            return None
+        target = _unify(schemas)
+        sources: list[_Source] = []
+        if old is not None:
+            sources.append(_ParquetSource(results, old, target))
+        for path, schema in journal_schemas:
+            if schema is not None:
+                copy = path.with_name(f".{path.name}.fold-{os.getpid()}")
+                self.copies.append(copy)
+                sources.append(_copy_journal(path, copy, target))
+        if not any(source.rows for source in sources[1 if old is not None else 0 :]):
+            return None  # journals with no results: results.parquet stays as it is
+        total = _plan_order(sources)
+
+        def write(tmp: Path) -> None:
+            # no dictionary pages: most result columns are unique per row (ids, answers), where a
+            # dictionary costs memory while writing and makes the file bigger (zstd does better)
+            options = {"compression": "zstd", "write_statistics": True, "use_dictionary": False}
+            with pq.ParquetWriter(tmp, target, **options) as writer:
+                for lo in range(0, max(total, 1), FOLD_ROWS):
+                    writer.write_table(_gather(sources, target, lo, lo + FOLD_ROWS), row_group_size=FOLD_ROWS)
+
+        self.store._replace_results(write)
+        return total
+
+
+class _Source:
+    """Rows in units (row groups, record batches), each readable on its own, with where each row goes.
+
+    ``out[i]`` is the output position of the source's row ``i``, or -1 when a later result replaced it.
+    """
+
+    def __init__(self, units: list[int], keys: pa.Table) -> None:
+        self.units = units  # rows per unit
+        self.starts = [0]
+        for rows in units:
+            self.starts.append(self.starts[-1] + rows)
+        self.rows = self.starts[-1]
+        self.keys: pa.Table | None = keys  # row_id, row_index: dropped once the plan is made
+        self.out: pa.Array = pa.array([], pa.int64())
+
+    def read_unit(self, number: int) -> pa.Table:
+        raise NotImplementedError
+
+
+class _ParquetSource(_Source):
+    """The old ``results.parquet``; its units are batches of at most FOLD_ROWS within a row group.
+
+    A file written by an earlier version may be one row group of every row: reading it whole would
+    hold them all at once, so a unit is found by decoding its row group's batches up to it.
+    """
+
+    def __init__(self, path: Path, file: pq.ParquetFile, target: pa.Schema) -> None:
+        self.store_path = path
+        self.file = file
+        self.target = target
+        meta = file.metadata
+        self.places: list[tuple[int, int]] = []  # (row group, first row within it) per unit
+        units: list[int] = []
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            for start in range(0, rows, FOLD_ROWS):
+                self.places.append((group, start))
+                units.append(min(FOLD_ROWS, rows - start))
+        names = file.schema_arrow.names
+        key_columns = [name for name in ("row_id", "row_index") if name in names]
+        keys = [
+            _key_table(pa.Table.from_batches([b])) for b in file.iter_batches(FOLD_ROWS, columns=key_columns)
+        ]
+        super().__init__(units, _concat(keys))
+
+    def read_unit(self, number: int) -> pa.Table:
+        group, start = self.places[number]
+        stop = start + self.units[number]
+        pieces: list[pa.RecordBatch] = []
+        offset = 0
+        for batch in self.file.iter_batches(FOLD_ROWS, row_groups=[group]):
+            end = offset + batch.num_rows
+            if end > start:
+                pieces.append(batch.slice(max(0, start - offset), min(end, stop) - max(offset, start)))
+            if end >= stop:
+                break
+            offset = end
+        table = pa.Table.from_batches(pieces, schema=self.file.schema_arrow)
+        if table.num_rows != self.units[number]:
+            raise OutputError(f"{self.store_path}: changed while it was being compacted")
+        return _conform(table, self.target)
+
+
+class _ArrowFileSource(_Source):
+    def __init__(self, path: Path, units: list[int], keys: pa.Table) -> None:
+        self.path = path
+        super().__init__(units, keys)
+
+    def read_unit(self, number: int) -> pa.Table:
+        with pa.OSFile(str(self.path), "rb") as source:
+            return pa.Table.from_batches([pa.ipc.open_file(source).get_batch(number)])
+
+
+def _copy_journal(path: Path, copy: Path, target: pa.Schema) -> _ArrowFileSource:
+    """Copy a journal's complete batches, conformed to ``target``, into a random-access Arrow file."""
+    units: list[int] = []
+    keys: list[pa.Table] = []
+    with pa.OSFile(str(copy), "wb") as sink, pa.ipc.new_file(sink, target) as writer:
+        for batch in iter_journal(path, FOLD_ROWS // 2):
+            table = _conform(pa.Table.from_batches([batch]), target)
+            for chunk in table.combine_chunks().to_batches():
+                writer.write_batch(chunk)
+                units.append(chunk.num_rows)
+            keys.append(_key_table(table))
+    return _ArrowFileSource(copy, units, _concat(keys))
+
+
+def _plan_order(sources: list[_Source]) -> int:
+    """Fill each source's ``out``: the latest result per row_id wins, ordered by row_index (stable).
+
+    Returns the number of rows the output will hold.
+    """
+    parts = [source.keys for source in sources if source.keys is not None]
+    keys = pa.concat_tables(parts).combine_chunks()
+    for source in sources:
+        source.keys = None
+    rows = keys.num_rows
+    # g: the order results were recorded in (sources in order, rows in order); the largest g wins
+    g = pa.array(range(rows), pa.int64())
+    keys = keys.append_column("g", g)
+    latest = keys.group_by("row_id", use_threads=False).aggregate([("g", "max")])
+    kept = keys.take(latest.column("g_max"))
+    order = pc.sort_indices(kept, sort_keys=[("row_index", "ascending"), ("g", "ascending")])
+    sorted_g = pc.take(kept.column("g"), order)  # g of output row 0, 1, 2...
+    by_g = pc.sort_indices(sorted_g)  # output positions, in the order of g
+    wins = pc.is_in(g, value_set=pc.take(sorted_g, by_g))
+    out = pc.replace_with_mask(pc.fill_null(pa.nulls(rows, pa.int64()), -1), wins, pc.cast(by_g, pa.int64()))
+    for source, start in zip(sources, itertools.accumulate([0] + [s.rows for s in sources]), strict=False):
+        source.out = out.slice(start, source.rows)
+    return int(kept.num_rows)
+
+
+def _gather(sources: list[_Source], target: pa.Schema, lo: int, hi: int) -> pa.Table:
+    """Output rows ``lo`` to ``hi`` (exclusive), in order, from the units that hold them."""
+    parts: list[pa.Table] = []
+    places: list[pa.Array] = []
+    for source in sources:
+        for number, rows in enumerate(source.units):
+            out = source.out.slice(source.starts[number], rows)
+            wanted = pc.and_(pc.greater_equal(out, lo), pc.less(out, hi))
+            if not pc.any(wanted).as_py():
+                continue
+            parts.append(source.read_unit(number).filter(wanted))
+            places.append(out.filter(wanted))
+    if not parts:
+        return target.empty_table()
+    order = pc.sort_indices(pa.chunked_array(places, pa.int64()))
+    return pa.concat_tables(parts).take(order)
+
+
+def _key_table(table: pa.Table) -> pa.Table:
+    """Just ``row_id`` (as large_string) and ``row_index`` (int64; -1 where missing, so it sorts first)."""
+    row_id = table.column("row_id").cast(pa.large_string())
+    if "row_index" in table.column_names:
+        row_index = pc.fill_null(table.column("row_index").cast(pa.int64()), -1)
+    else:
+        row_index = pa.chunked_array([pa.array([-1] * table.num_rows, pa.int64())])
+    return pa.table({"row_id": row_id, "row_index": row_index})
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return pa.table({"row_id": pa.array([], pa.large_string()), "row_index": pa.array([], pa.int64())})
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without Parquet's own copy of the Arrow schema, should a writer have left it."""
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"ARROW:schema"}
+    return schema.with_metadata(metadata) if metadata else schema.remove_metadata()
+
+
+def _unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """The schema a diagonal, relaxed concatenation of ``schemas`` has, in the result column order."""
+    fields: dict[str, pa.Field] = {}
+    present: dict[str, int] = {}
+    for schema in schemas:
+        for field in schema:
+            present[field.name] = present.get(field.name, 0) + 1
+            known = fields.get(field.name)
+            fields[field.name] = (
+                field if known is None else known.with_type(_supertype(known.type, field.type))
+            )
+    metadata: dict[bytes, bytes] = {}
+    for schema in schemas:
+        metadata.update(schema.metadata or {})
+    ordered = [
+        # a column some source lacks is null there
+        fields[name].with_nullable(fields[name].nullable or present[name] < len(schemas))
+        for name in _column_order(list(fields))
+    ]
+    return pa.schema(ordered, metadata=metadata or None)
+
+
+def _supertype(left: pa.DataType, right: pa.DataType) -> pa.DataType:
+    if left == right:
+        return left
+    try:
+        unified = pa.unify_schemas(
+            [pa.schema([("c", left)]), pa.schema([("c", right)])], promote_options="permissive"
+        )
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.large_string()  # polars' relaxed concat falls back to strings as well
+    return unified.field("c").type
+
+
+def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """``table`` with ``target``'s columns, order and types: missing columns null, others cast."""
+    columns = []
+    for field in target:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            columns.append(column if column.type == field.type else pc.cast(column, field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -671,6 +671,29 @@ async def test_429_without_retry_after_pauses_for_the_backoff() -> None:
         assert h.client.gate.resume_at == 0.5
 
 
+async def test_slow_start_sends_one_request_until_the_server_has_answered() -> None:
+    """With no limits known, the first request goes alone; the others follow its answer, not a burst."""
+    events: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        events.append("sent")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        events.append("answered")
+        return await reply()(request)
+
+    h = Harness(Script(handler), concurrency=4)
+    async with h.client:
+        await asyncio.gather(*(h.client.send(payload(), input_tokens=1) for _ in range(30)))
+        assert not h.client.limits.slow_start  # a fast server: the ramp outgrew what 4 slots can send
+    assert events[:3] == ["sent", "answered", "sent"]
+    off = Harness(Script(handler), concurrency=4, slow_start=False)
+    events.clear()
+    async with off.client:
+        await asyncio.gather(*(off.client.send(payload(), input_tokens=1) for _ in range(4)))
+    assert events[:4] == ["sent"] * 4  # without it, every slot opens at once
+
+
 async def test_concurrency_bounds_requests_in_flight() -> None:
     """No more than ``concurrency`` requests are in flight at once."""
     in_flight = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -136,9 +138,13 @@ class RecordingPacer(Pacer):
     def __init__(self) -> None:
         super().__init__(60_000)
         self.acquired: list[float] = []
+        self.refunded: list[float] = []
 
     async def acquire(self, amount: float = 1.0) -> None:
         self.acquired.append(amount)
+
+    def refund(self, amount: float) -> None:
+        self.refunded.append(amount)
 
 
 def recording_limits() -> tuple[RateLimits, RecordingPacer, RecordingPacer, RecordingPacer]:
@@ -272,7 +278,8 @@ def test_aimd_paces_under_the_accepted_rate_after_a_429_then_probes_up() -> None
     assert limits.adaptive_rpm == cut
     clock.now += 3.0
     limits.answered()
-    assert limits.adaptive_rpm == pytest.approx(cut * 1.03)
+    refused = cut / 0.9  # the rate accepted when the 429 came
+    assert limits.adaptive_rpm == pytest.approx((cut + 0.97 * refused) / 2)  # halfway back
 
 
 def test_aimd_waits_for_an_answer_before_cutting() -> None:
@@ -307,3 +314,225 @@ def test_aimd_never_exceeds_the_job_limit() -> None:
         limits.answered()
     limits.throttled()
     assert limits.adaptive_rpm == 100
+
+
+# ---------------------------------------------------------------- refunds
+
+
+async def test_settle_refunds_what_a_reply_did_not_use() -> None:
+    """A reply shorter than its reservation gives the rest back, input and output alike."""
+    limits, _, inputs, outputs = recording_limits()
+    reservation = await limits.acquire(input_tokens=1000, max_tokens=256)
+    await limits.settle(
+        reservation, Usage(input_tokens=700, output_tokens=41, cache_creation_input_tokens=100)
+    )
+    assert (inputs.acquired, inputs.refunded) == ([1000], [200])
+    assert (outputs.acquired, outputs.refunded) == ([256], [215])
+
+
+async def test_refund_lets_a_waiting_acquisition_through() -> None:
+    """Credit given back frees room at once for a request waiting on the bucket, never below empty."""
+    with patched_loop_time() as clock:
+        pacer = Pacer(60)  # one unit, refilled every ~1.015 s
+        await pacer.acquire(1)
+        waiting = asyncio.create_task(pacer.acquire(1))
+        await clock.run_for(0.2)
+        assert not waiting.done()
+        pacer.refund(5)  # more than was ever taken: the bucket empties, no credit is banked
+        await settle()
+        assert waiting.done()
+        assert not pacer.has_capacity(1)  # the refund did not leave room for a burst
+
+
+async def test_output_budget_paces_real_output_not_reservations() -> None:
+    """12,000 output tokens/min with replies of 41 and estimates of 51: the pace follows the 41."""
+    with patched_loop_time() as clock:
+        limits = RateLimits(output_tokens_per_minute=12_000)
+        limits.output_estimator.observe(41)  # past the warm-up: estimates are now 41 x 1.2 = 50
+        sent = 0
+
+        async def sender() -> None:
+            nonlocal sent
+            while True:
+                reservation = await limits.acquire(input_tokens=10, max_tokens=64)
+                sent += 1
+                await asyncio.sleep(0.15)  # the reply's latency, on the patched clock
+                await limits.settle(reservation, Usage(input_tokens=10, output_tokens=41))
+
+        tasks = [asyncio.create_task(sender()) for _ in range(16)]
+        await clock.run_for(5.0)
+        start = sent
+        await clock.run_for(30.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    per_minute = (sent - start) * 2 * 41  # over 30 s
+    assert 0.97 * 12_000 <= per_minute <= 12_000  # 98.5 % is the pacer's share; 80 % without refunds
+
+
+# ---------------------------------------------------------------- slow start
+
+
+def slow_limits(clock: FakeClock, **kwargs: float) -> RateLimits:
+    """RateLimits with a slow start and 16 slots, on a fake clock."""
+    return RateLimits(clock=clock, slow_start=True, concurrency=16, **kwargs)
+
+
+async def test_slow_start_sends_one_probe_until_the_first_answer() -> None:
+    """Before the server has answered once, one request goes; the others wait for its answer."""
+    limits = slow_limits(FakeClock())
+    probe = await limits.acquire(input_tokens=1, max_tokens=1)
+    assert probe.probe
+    others = [asyncio.create_task(limits.acquire(input_tokens=1, max_tokens=1)) for _ in range(3)]
+    await settle()
+    assert not any(task.done() for task in others)
+    limits.answered(0.15)
+    limits.release(probe)
+    reservations = await asyncio.gather(*others)
+    assert not any(r.probe for r in reservations)
+
+
+async def test_a_probe_that_fails_hands_the_probe_to_the_next_request() -> None:
+    """A probe refused or failed frees its place: the next request probes, still alone."""
+    limits = slow_limits(FakeClock())
+    first = await limits.acquire(input_tokens=1, max_tokens=1)
+    waiting = [asyncio.create_task(limits.acquire(input_tokens=1, max_tokens=1)) for _ in range(2)]
+    await settle()
+    limits.throttled()  # a 429 before any answer: nothing to measure, slow start goes on
+    limits.release(first)
+    await settle()
+    done = [task for task in waiting if task.done()]
+    assert len(done) == 1
+    assert done[0].result().probe
+    assert limits.slow_start
+    assert limits.adaptive_rpm is None
+    limits.answered(0.1)
+    limits.release(done[0].result())
+    await asyncio.gather(*waiting)
+
+
+async def test_slow_start_pace_doubles_every_four_round_trips() -> None:
+    """The ramp starts at one round trip's pace and gains 60 ln2 / (4 x latency) per answer."""
+    clock = FakeClock()
+    limits = slow_limits(clock)
+    limits.answered(0.15)
+    assert limits.ramp is not None
+    assert limits.ramp.per_minute == pytest.approx(400)  # 60 / 0.15 s
+    for _ in range(10):
+        limits.answered(0.15)
+    assert limits.ramp.per_minute == pytest.approx(400 + 10 * 60 * math.log(2) / 0.6)
+    assert limits.slow_start
+
+
+async def test_slow_replies_still_double_the_pace_every_second() -> None:
+    """With 10 s replies the ramp doubles per second, not per 40 s: the slots fill in seconds."""
+    limits = slow_limits(FakeClock())
+    limits.answered(10.0)
+    assert limits.ramp is not None
+    assert limits.ramp.per_minute == pytest.approx(6)  # one request per 10 s round trip
+    limits.answered(10.0)
+    assert limits.ramp.per_minute == pytest.approx(6 + 60 * math.log(2))
+    for _ in range(2):
+        limits.answered(10.0)
+    assert not limits.slow_start  # past 16 slots x 6/min: concurrency, not pace, is the bound now
+
+
+async def test_a_429_in_slow_start_halves_and_hands_over_to_aimd() -> None:
+    """The first 429 ends the slow start at half the slower of the ramp and the accepted rate."""
+    clock = FakeClock()
+    limits = slow_limits(clock)
+    for _ in range(20):  # 20 answers in 2 s: the server accepted 600/min
+        clock.now += 0.1
+        limits.answered(0.15)
+    assert limits.ramp is not None
+    ramp = limits.ramp.per_minute
+    assert ramp > 600
+    limits.throttled()
+    assert not limits.slow_start
+    assert limits.ramp is None
+    assert limits.adaptive_rpm == pytest.approx(300)  # half of the 600 accepted
+    assert limits.requests is not None
+    assert limits.requests.per_minute == pytest.approx(300)
+
+
+async def test_slow_start_ends_once_the_pace_cannot_bind() -> None:
+    """A fast server with no limits: the ramp ends as soon as it exceeds what the slots can send."""
+    limits = slow_limits(FakeClock(), requests_per_minute=3000)
+    limits.answered(0.002)  # 30,000/min for one slot: over the job's own 3,000
+    assert not limits.slow_start
+    assert limits.ramp is None
+    assert limits.requests is not None
+    assert limits.requests.per_minute == 3000
+    fast = slow_limits(FakeClock())
+    for _ in range(5):
+        fast.answered(0.01)
+    assert fast.slow_start  # 6,000/min and rising, under the 16 slots' 96,000/min
+    for _ in range(120):  # doubling every 4 round trips: the 16 slots are busy after about 90
+        fast.answered(0.0005)
+    assert not fast.slow_start
+
+
+async def test_stated_limits_end_the_slow_start() -> None:
+    """An answer with anthropic-ratelimit-* headers ends the slow start: the stated limit is followed."""
+    limits = slow_limits(FakeClock())
+    probe = await limits.acquire(input_tokens=1, max_tokens=1)
+    limits.learn({"anthropic-ratelimit-requests-limit": "600"})
+    assert not limits.slow_start
+    waiting = asyncio.create_task(limits.acquire(input_tokens=1, max_tokens=1))
+    await settle()
+    assert waiting.done()  # the probe's answer is not even needed any more
+    limits.release(probe)
+
+
+def test_probing_slows_to_fine_steps_near_the_refused_rate() -> None:
+    """Under 97 % of the rate refused at the last 429 the pace climbs fast; from there, 1 % a quiet spell."""
+    clock = FakeClock()
+    limits = RateLimits(clock=clock)
+    for _ in range(100):  # the server accepted 600/min when it refused
+        clock.now += 0.1
+        limits.answered()
+    limits.throttled()
+    rates: list[float] = []
+    for _ in range(7):
+        assert limits.adaptive_rpm is not None
+        rates.append(limits.adaptive_rpm)
+        clock.now += 3.01  # a quiet spell (3 s), clear of float rounding
+        limits.answered()
+    refused = rates[0] / 0.9  # ~606/min accepted when the 429 came (101 answers in the last 10 s)
+    near = 0.97 * refused
+    assert rates[1] == pytest.approx((rates[0] + near) / 2)  # halfway, as that beats +3 %
+    assert rates[2] == pytest.approx(rates[1] * 1.03)  # +3 %, as that beats halfway
+    assert rates[3] == pytest.approx(near)  # capped at 97 % of the refused rate
+    steps = [round(b / a - 1, 4) for a, b in itertools.pairwise(rates[3:])]
+    assert steps == [0.01, 0.01, 0.01]
+
+
+async def test_after_a_slow_start_the_pace_climbs_halfway_back_per_quiet_spell() -> None:
+    """Halved at the end of a slow start, the pace recovers halfway to the refused rate each 3 s."""
+    clock = FakeClock()
+    limits = slow_limits(clock)
+    for _ in range(20):
+        clock.now += 0.1
+        limits.answered(0.15)
+    limits.throttled()
+    assert limits.adaptive_rpm == pytest.approx(300)
+    clock.now += 3.01
+    limits.answered(0.15)
+    assert limits.adaptive_rpm == pytest.approx((300 + 0.97 * 600) / 2)
+
+
+async def test_a_probe_cancelled_while_waiting_for_budget_frees_its_place() -> None:
+    """A probe cancelled before it was sent (a shutdown) lets the next request probe instead."""
+    with patched_loop_time() as clock:
+        limits = RateLimits(requests_per_minute=1, slow_start=True)
+        first = await limits.acquire(input_tokens=1, max_tokens=1)  # takes the one-request bucket
+        limits.release(first)  # it failed without an answer: the next request probes
+        stuck = asyncio.create_task(limits.acquire(input_tokens=1, max_tokens=1))  # waits ~60 s for budget
+        await settle()
+        behind = asyncio.create_task(limits.acquire(input_tokens=1, max_tokens=1))
+        await settle()
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+        await clock.run_for(62.0, step=1.0)
+        assert behind.done()  # it became the probe and got the budget the cancelled one waited for
+        assert behind.result().probe

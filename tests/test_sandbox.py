@@ -106,11 +106,12 @@ def test_text_answer_is_deterministic_per_request(client: httpx.Client) -> None:
 
 
 def test_usage_follows_the_input_token_formula(client: httpx.Client) -> None:
-    """input_tokens = ceil(chars/4) + 4 per message + ceil(w*h/750) per image, and count_tokens agrees."""
+    """input_tokens = text pieces + 4 per message + ceil(w/28)*ceil(h/28) per image; count_tokens agrees."""
     payload = with_images(image_block(image_b64((100, 75))))
     payload["system"] = "Be brief."
     reply = post(client, payload).json()
-    expected = math.ceil((len("Be brief.") + len("Describe these.")) / 4) + 4 + math.ceil(100 * 75 / 750)
+    # "Be" "brief" "." + "Describe"(8 letters: 2) "these" "." = 7 text tokens; 4 x 3 patches of 28 px
+    expected = 7 + 4 + math.ceil(100 / 28) * math.ceil(75 / 28)
     assert reply["usage"]["input_tokens"] == expected
     assert "(1 image)" in reply["content"][0]["text"]
     counted = client.post(

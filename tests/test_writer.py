@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline import writer
 from pipeline.errors import OutputError
 from pipeline.lock import locked_output
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
@@ -140,3 +144,167 @@ def test_journal_of_many_small_batches_reads_back_coalesced(tmp_path: Path) -> N
     assert table.num_rows == 5000
     assert table.column("row_id").num_chunks <= 3
     assert table.column("row_id")[4999].as_py() == "r4999"
+
+
+# ---------------------------------------------------------------- streaming compaction
+
+
+def _journal(store: ResultStore, results: list[Result], schema: pa.Schema | None = None) -> Path:
+    """One run's journal holding ``results``, one batch each, closed."""
+    journal = store.new_journal(schema if schema is not None else output_schema(INPUT))
+    for result in results:
+        journal.append([result])
+    journal.close()
+    return journal.path
+
+
+def test_compaction_matches_the_in_memory_merge_across_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old results plus two out-of-order journals fold exactly as the in-memory merge, step by step."""
+    monkeypatch.setattr(writer, "FOLD_ROWS", 7)  # many steps, row groups and copied batches
+    rng = random.Random(5)
+    store = ResultStore(tmp_path)
+    store.prepare()
+    _journal(store, [_result(i, rng.choice(["ok", "error"])) for i in rng.sample(range(40), 40)])
+    store.compact()
+    for run in range(2):
+        picked = [rng.randrange(60) for _ in range(30)]  # repeats within a run: the later one wins
+        _journal(store, [_result(i, rng.choice(["ok", "error"]), seconds=run + 1) for i in picked])
+    expected = store.snapshot()
+    assert expected is not None
+    assert store.compact() == expected.height
+    folded = pl.read_parquet(store.results_path)
+    assert folded.equals(expected.select(folded.columns))
+    assert folded["row_index"].is_sorted()
+    groups = pq.ParquetFile(store.results_path).metadata
+    assert max(groups.row_group(i).num_rows for i in range(groups.num_row_groups)) <= 7
+    assert not list(store.journal_dir.iterdir())  # journals and the compaction's copies are gone
+
+
+def test_compaction_reads_an_old_single_row_group_file_in_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results.parquet written whole (one row group, as polars writes) folds in steps, unchanged."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    _journal(store, [_result(i) for i in range(50)])
+    store.compact()
+    pl.read_parquet(store.results_path).write_parquet(store.results_path, row_group_size=1000)
+    assert pq.ParquetFile(store.results_path).metadata.num_row_groups == 1
+    monkeypatch.setattr(writer, "FOLD_ROWS", 7)
+    _journal(store, [_result(i, "error", seconds=1) for i in (3, 17, 49)])
+    expected = store.snapshot()
+    assert expected is not None
+    assert store.compact() == 50
+    folded = pl.read_parquet(store.results_path)
+    assert folded.equals(expected.select(folded.columns))
+    assert folded.filter(pl.col("status") == "error")["row_id"].to_list() == ["r3", "r17", "r49"]
+
+
+def test_compaction_widens_the_schema_diagonally(tmp_path: Path) -> None:
+    """Columns a newer run adds appear (null for older rows); a column whose type changed widens."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    _journal(store, [_result(0), _result(1)])
+    store.compact()
+    old = pl.read_parquet(store.results_path).drop("shared_request_with")
+    old.write_parquet(store.results_path)  # as an older version wrote it, before that column existed
+    newer = pa.schema([("id", pa.large_string()), ("status", pa.large_string()), ("n", pa.float64())])
+    schema = output_schema(newer).insert(5, pa.field("out_score", pa.int64()))
+    later = replace(_result(2, seconds=1), row=Row(2, "r2", {"id": "r2", "status": "s", "n": 2.5}))
+    journal = store.new_journal(schema)
+    record = writer.result_record(later, schema)
+    record["out_score"] = 7
+    journal._writer.write_batch(pa.RecordBatch.from_pylist([record], schema=schema))
+    journal.close()
+    expected = store.snapshot()
+    assert expected is not None
+    assert store.compact() == 3
+    folded = pl.read_parquet(store.results_path)
+    assert folded["row_id"].to_list() == ["r0", "r1", "r2"]
+    assert folded["out_score"].to_list() == [None, None, 7]
+    assert folded["n"].dtype == pl.Float64
+    assert folded["n"].to_list() == [0.0, 1.0, 2.5]
+    assert folded["shared_request_with"].to_list() == [None, None, None]
+    assert folded.columns.index("out_score") < folded.columns.index("model")  # between inputs and results
+    assert folded.equals(expected.select(folded.columns))
+
+
+def test_compaction_drops_a_torn_tail_and_keeps_the_rest(tmp_path: Path) -> None:
+    """A journal cut mid-record folds its complete results; the torn one and stale copies are gone."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    path = _journal(store, [_result(i) for i in range(5)])
+    path.write_bytes(path.read_bytes()[:-40])
+    stale = store.journal_dir / f".{path.name}.fold-99999"  # left by a compaction killed midway
+    stale.write_bytes(b"partial")
+    assert store.compact() == 4
+    assert pl.read_parquet(store.results_path)["row_id"].to_list() == ["r0", "r1", "r2", "r3"]
+    assert not list(store.journal_dir.iterdir())
+
+
+def test_compaction_of_empty_journals_leaves_results_untouched(tmp_path: Path) -> None:
+    """Journals with no results (a rerun that sent nothing, a run killed early) rewrite nothing."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    _journal(store, [_result(0)])
+    store.compact()
+    before = store.results_path.stat().st_mtime_ns
+    _journal(store, [])
+    (store.journal_dir / "00000000T000000000000Z-1.arrows").write_bytes(b"")  # died before the schema
+    assert store.compact() == 1
+    assert store.results_path.stat().st_mtime_ns == before
+    assert not store.journals()
+
+
+# ---------------------------------------------------------------- journal batching
+
+
+def _batch_sizes(path: Path) -> list[int]:
+    """Rows per record batch of a journal, as written (none before the first: the schema comes with it)."""
+    with pa.OSFile(str(path), "rb") as source:
+        try:
+            return [batch.num_rows for batch in pa.ipc.open_stream(source)]
+        except pa.ArrowInvalid:
+            return []
+
+
+async def test_results_of_one_loop_turn_are_written_as_one_batch(tmp_path: Path) -> None:
+    """Appends in the same turn of the event loop share one batch, written when the turn ends."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+    journal.append([_result(0)])
+    journal.append([_result(1), _result(2)])
+    assert _batch_sizes(journal.path) == []  # not yet: the turn has not ended
+    await asyncio.sleep(0)
+    assert _batch_sizes(journal.path) == [3]
+    journal.append([_result(3)])
+    await asyncio.sleep(0)
+    journal.append([_result(4)])
+    journal.close()  # writes what is still pending
+    assert _batch_sizes(journal.path) == [3, 1, 1]
+    assert journal.rows_written == 5
+
+
+async def test_a_failed_deferred_write_is_raised_by_the_next_append(tmp_path: Path) -> None:
+    """A write that fails after its turn surfaces as OutputError on the next append, and on close."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+
+    class Full:
+        def write_batch(self, batch: pa.RecordBatch) -> None:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    journal._writer = Full()
+    journal.append([_result(0)])
+    await asyncio.sleep(0)
+    with pytest.raises(OutputError, match="No space left"):
+        journal.append([_result(1)])
+    with pytest.raises(OutputError, match="No space left"):
+        journal.close()

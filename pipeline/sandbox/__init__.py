@@ -7,6 +7,7 @@ enforce rate limits, inject faults and speak an OpenAI-like dialect. Module map:
 - ``validate``, ``vision`` and ``tools``: what a request must look like; the input-token formula.
 - ``answers``, ``toolinput`` and ``sse``: the reply, made-up tool input, and streamed events.
 - ``limits`` and ``faults``: token buckets with their headers; seeded faults and latency.
+- ``batches``: the Message Batches endpoints (timed processing, shuffled, seeded errored/expired).
 - ``server``: the aiohttp app and its statistics; ``runner``: serving it in a thread or the foreground.
 """
 

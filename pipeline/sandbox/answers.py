@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sandbox.toolinput import synthesise
+from pipeline.sandbox.toolinput import break_input, synthesise
 from pipeline.sandbox.validate import ParsedRequest
 
 SNIPPET_CHARS = 120
@@ -51,6 +51,9 @@ class Answer:
     stop_sequence: str | None
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_ttl: str = "5m"  # which TTL the cache write was for (usage.cache_creation splits by it)
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -74,8 +77,11 @@ def reply_text(parsed: ParsedRequest, digest: str) -> str:
     return f'[sandbox] reply {digest[:8]} to "{snippet}" ({count} image{"" if count == 1 else "s"})'
 
 
-def make_answer(parsed: ParsedRequest, digest: str) -> Answer:
-    """Build the reply, honouring tool_choice, stop_sequences and max_tokens in generation order."""
+def make_answer(parsed: ParsedRequest, digest: str, *, bad_tool_input: bool = False) -> Answer:
+    """Build the reply, honouring tool_choice, stop_sequences and max_tokens in generation order.
+
+    ``bad_tool_input`` makes the tool input break its schema (``SandboxConfig.tool_violation_rate``).
+    """
     text: str | None = None if parsed.tool_choice in ("tool", "any") else reply_text(parsed, digest)
     calls: tuple[ToolCall, ...] = ()
     if parsed.tool_choice in ("tool", "any", "auto"):
@@ -86,6 +92,8 @@ def make_answer(parsed: ParsedRequest, digest: str) -> Answer:
         )
         rng = random.Random(int(digest[:16], 16))
         tool_input = synthesise(tool["input_schema"], rng)
+        if bad_tool_input:
+            tool_input = break_input(tool["input_schema"], tool_input)
         arguments = json.dumps(tool_input, separators=(",", ":"), ensure_ascii=False)
         calls = (ToolCall(new_id("toolu"), tool["name"], tool_input, arguments),)
     stop_reason = "tool_use" if calls else "end_turn"
@@ -119,14 +127,20 @@ def _first_stop(text: str, stop_sequences: tuple[str, ...]) -> tuple[int, str] |
     return min(hits) if hits else None
 
 
-def usage_json(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """Anthropic ``usage`` with the cache fields a caching-unaware reply still carries."""
+def usage_json(
+    input_tokens: int, output_tokens: int, cached: tuple[int, int] = (0, 0), *, ttl: str = "5m"
+) -> dict[str, Any]:
+    """Anthropic ``usage``; ``cached`` is (cache write, cache read) tokens, 0 when nothing was cached."""
+    write, read = cached
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": write if ttl == "5m" else 0,
+            "ephemeral_1h_input_tokens": write if ttl == "1h" else 0,
+        },
         "service_tier": "standard",
     }
 
@@ -152,7 +166,12 @@ def anthropic_message(answer: Answer) -> dict[str, Any]:
         "content": content_json(answer),
         "stop_reason": answer.stop_reason,
         "stop_sequence": answer.stop_sequence,
-        "usage": usage_json(answer.input_tokens, answer.output_tokens),
+        "usage": usage_json(
+            answer.input_tokens,
+            answer.output_tokens,
+            (answer.cache_creation_input_tokens, answer.cache_read_input_tokens),
+            ttl=answer.cache_ttl,
+        ),
     }
 
 

@@ -33,6 +33,8 @@ class FaultDice:
         self._faults = random.Random(config.seed)
         # a string seed is hashed deterministically (sha512), unlike hash() of a str
         self._latency = random.Random(f"{config.seed}-latency")
+        self._tool_rate = config.tool_violation_rate
+        self._tools = random.Random(f"{config.seed}-tools")
         self._mean_s = config.latency_ms / 1000.0
         self._jitter_s = config.jitter_ms / 1000.0
 
@@ -43,6 +45,10 @@ class FaultDice:
         if self._faults.random() < self._rate:
             return self._faults.choice(self._kinds)
         return None
+
+    def tool_violation(self) -> bool:
+        """Whether the next answer's tool input should break its schema (``tool_violation_rate``)."""
+        return self._tool_rate > 0.0 and self._tools.random() < self._tool_rate
 
     def latency_s(self) -> float:
         """The delay before the next answer (never negative)."""

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -25,10 +26,12 @@ from pipeline.sandbox.answers import (
     request_digest,
 )
 from pipeline.sandbox.apierrors import RequestError, error_body
+from pipeline.sandbox.batches import BatchStore, add_batch_routes
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.faults import FaultDice, status_fault
-from pipeline.sandbox.limits import RateLimiter, retry_after
+from pipeline.sandbox.limits import RateLimiter, TokenBucket, retry_after
 from pipeline.sandbox.sse import anthropic_events, error_event, message_start, openai_chunks
+from pipeline.sandbox.tokens import CACHE_TTL_S, min_cacheable_tokens
 from pipeline.sandbox.validate import ParsedRequest, parse_request
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -48,7 +51,33 @@ class SandboxState:
         self._started = time.monotonic()
         # answers since start; unlike the stats, /_sandbox/reset does not lift the spend cap
         self._answers_lifetime = 0
+        self.batches = BatchStore(config)  # the Message Batches endpoints' state (sandbox/batches.py)
+        # the prompt cache: prefix key -> when it expires (monotonic seconds)
+        self._prompt_cache: dict[str, float] = {}
+        rpm = config.count_tokens_per_minute
+        self.count_tokens_bucket = None if rpm is None else TokenBucket(rpm, config.burst_s, time.monotonic())
         self.reset()
+
+    def cache_usage(self, parsed: ParsedRequest) -> tuple[int, int]:
+        """(cache write, cache read) tokens for a request, looked up when it starts (reference §10).
+
+        A prefix below the model's minimum is not cached (both 0). A hit refreshes the entry's TTL.
+        """
+        if parsed.cache_key is None or parsed.cache_prefix_tokens < min_cacheable_tokens(parsed.model):
+            return (0, 0)
+        now = time.monotonic()
+        with self._lock:
+            expires = self._prompt_cache.get(parsed.cache_key)
+            if expires is not None and expires > now:
+                self._prompt_cache[parsed.cache_key] = now + CACHE_TTL_S[parsed.cache_ttl]
+                return (0, parsed.cache_prefix_tokens)
+        return (parsed.cache_prefix_tokens, 0)
+
+    def cache_write(self, parsed: ParsedRequest) -> None:
+        """Store a request's prefix once its answer starts: only then can others read it (§10)."""
+        if parsed.cache_key is not None:
+            with self._lock:
+                self._prompt_cache[parsed.cache_key] = time.monotonic() + CACHE_TTL_S[parsed.cache_ttl]
 
     def reset(self) -> None:
         """Zero every statistic."""
@@ -77,6 +106,7 @@ class SandboxState:
                 "ok_by_request": dict(self.ok_by_request),
                 "arrivals": [round(t, 4) for t in self.arrivals],
                 "throttles": [[round(t, 4), wait] for t, wait in self.throttles],
+                "batches": self.batches.snapshot(),
             }
 
     def spend_exhausted(self) -> bool:
@@ -136,6 +166,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_get("/_sandbox/stats", _stats)
     app.router.add_post("/_sandbox/reset", _reset)
+    add_batch_routes(app, app[STATE].batches, _authenticate)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -226,8 +257,24 @@ async def _count_tokens(request: web.Request) -> web.Response:
     request_id = new_id("req")
     headers = {"request-id": request_id}
     state.record_count_tokens()
+    if not state.config.count_tokens_supported:
+        return await _not_found(request)
     try:
         _authenticate(request, state.config)
+        bucket = state.count_tokens_bucket
+        if bucket is not None:
+            # its own requests-per-minute limit, apart from the Messages limits (reference §6)
+            bucket.refill(time.monotonic())
+            wait = bucket.wait_for(1.0)
+            if wait > 0:
+                headers["retry-after"] = str(retry_after(wait))
+                raise RequestError(
+                    f"count_tokens rate limit exceeded (sandbox: {state.config.count_tokens_per_minute:g}"
+                    f" requests per minute); retry after {headers['retry-after']} s.",
+                    status=429,
+                    error_type="rate_limit_error",
+                )
+            bucket.level -= 1.0
         parsed = parse_request(await _read_json(request), count_tokens=True)
     except RequestError as err:
         return _json(err.status, error_body(err.error_type, err.message, request_id, err.details), headers)
@@ -241,6 +288,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     # drawn at arrival, before any await, so the fault sequence follows arrival order
     fault = state.dice.fault()
     delay = state.dice.latency_s()
+    bad_tool_input = state.dice.tool_violation()
     state.record_request()
     headers = {"request-id": request_id}
     rate_limited = False
@@ -250,10 +298,15 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             raise _spend_cap(config)
         body = await _read_json(request)
         parsed = parse_request(body)
+        if not config.tool_choice_supported and "tool_choice" in body:
+            # what a server without tool_choice does with it is its own affair; a 400 makes it visible
+            raise RequestError(f"tool_choice: not supported by this server (sandbox preset {config.preset})")
         if config.reject_marker and config.reject_marker in parsed.last_user_text:
             raise RequestError("messages.0.content: the sandbox refuses this content (reject_marker)")
+        cache_write, cache_read = state.cache_usage(parsed)
         if state.limiter.active:
-            wait = state.limiter.admit(parsed.input_tokens)
+            # cache reads do not count against the input-token limit (reference §6)
+            wait = state.limiter.admit(parsed.input_tokens - cache_read)
             if wait is not None:
                 rate_limited = True
                 headers["retry-after"] = str(retry_after(wait))
@@ -290,13 +343,31 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return _refuse(state, _spend_cap(config), request_id, headers)
     # only answers need the digest; for a large image request it is the costliest step after decoding
     digest = request_digest(body)
+    cached = (cache_write, cache_read)
     if parsed.stream:
-        return await _stream(request, state, parsed, digest, headers, error=fault == "stream_error")
-    answer = make_answer(parsed, digest)
+        return await _stream(
+            request, state, parsed, digest, headers, cached, error=fault == "stream_error", bad=bad_tool_input
+        )
+    answer = _cached(make_answer(parsed, digest, bad_tool_input=bad_tool_input), cached, parsed.cache_ttl)
+    state.cache_write(parsed)
     state.record_answer(digest, answer)
     if config.shape == "openai":
         return _json(200, openai_completion(answer, int(time.time())), _with_limits(state, headers))
     return _json(200, anthropic_message(answer), _with_limits(state, headers))
+
+
+def _cached(answer: Answer, cached: tuple[int, int], ttl: str) -> Answer:
+    """The answer with its input split into uncached, cache-write and cache-read tokens (§4)."""
+    write, read = cached
+    if not write and not read:
+        return answer
+    return replace(
+        answer,
+        input_tokens=answer.input_tokens - write - read,
+        cache_creation_input_tokens=write,
+        cache_read_input_tokens=read,
+        cache_ttl=ttl,
+    )
 
 
 def _with_limits(state: SandboxState, headers: dict[str, str]) -> dict[str, str]:
@@ -320,8 +391,10 @@ async def _stream(
     parsed: ParsedRequest,
     digest: str,
     headers: dict[str, str],
+    cached: tuple[int, int],
     *,
     error: bool,
+    bad: bool = False,
 ) -> web.StreamResponse:
     """A 200 event stream: the whole answer, or (``error``) a start followed by an overload event."""
     openai = state.config.shape == "openai"
@@ -339,13 +412,14 @@ async def _stream(
             await response.write(error_event("overloaded_error", "Overloaded"))
         await response.write_eof()
         return response
-    answer = make_answer(parsed, digest)
+    answer = _cached(make_answer(parsed, digest, bad_tool_input=bad), cached, parsed.cache_ttl)
+    state.cache_write(parsed)
     state.record_answer(digest, answer)
     await response.prepare(request)
     if openai:
         await response.write(openai_chunks(answer, int(time.time())))
     else:
-        await response.write(message_start(answer.message_id, answer.model, answer.input_tokens))
+        await response.write(message_start(answer.message_id, answer.model, answer.input_tokens, cached))
         await response.write(anthropic_events(answer))
     await response.write_eof()
     return response

@@ -22,7 +22,7 @@ def event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
 
 
-def message_start(message_id: str, model: str, input_tokens: int) -> bytes:
+def message_start(message_id: str, model: str, input_tokens: int, cached: tuple[int, int] = (0, 0)) -> bytes:
     """The opening event: an empty Message with the input usage and one output token."""
     message: dict[str, Any] = {
         "id": message_id,
@@ -32,7 +32,7 @@ def message_start(message_id: str, model: str, input_tokens: int) -> bytes:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": usage_json(input_tokens, 1),
+        "usage": usage_json(input_tokens, 1, cached),
     }
     return event("message_start", {"type": "message_start", "message": message})
 
@@ -74,8 +74,8 @@ def anthropic_events(answer: Answer) -> bytes:
         "usage": {
             "input_tokens": answer.input_tokens,
             "output_tokens": answer.output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": answer.cache_creation_input_tokens,
+            "cache_read_input_tokens": answer.cache_read_input_tokens,
         },
     }
     out.append(event("message_delta", delta))

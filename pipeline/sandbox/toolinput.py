@@ -196,3 +196,23 @@ def _string(schema: dict[str, Any], rng: random.Random) -> str:
     if isinstance(max_length, int) and len(value) > max_length:
         value = value[:max_length]
     return value
+
+
+def break_input(schema: object, value: Any) -> Any:
+    """``value`` made to break ``schema``: a required property dropped, else one of the wrong type.
+
+    Returns ``value`` unchanged when the schema constrains nothing that can be broken.
+    """
+    if not isinstance(schema, dict) or not isinstance(value, dict):
+        return value
+    required = [name for name in schema.get("required", []) if isinstance(name, str) and name in value]
+    if required:
+        return {k: v for k, v in value.items() if k != required[0]}
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    for name, sub in properties.items():
+        if name in value and isinstance(sub, dict) and (sub.get("type") or sub.get("enum")):
+            # a list is never a string, number, boolean, object or enum member: wrong for any of them
+            wrong: Any = ["not", "this"] if sub.get("type") != "array" else "not a list"
+            return {**value, name: wrong}
+    return value

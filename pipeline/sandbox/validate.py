@@ -2,25 +2,31 @@
 
 ``parse_request`` walks the JSON body once: it raises ``RequestError`` with the API's message and the
 JSON path of the first problem, or returns a ``ParsedRequest`` holding everything the answer needs.
-Input tokens (usage, count_tokens and the rate limiter all use this one formula)::
+Input tokens (usage, count_tokens and the rate limiter all use this one count, see ``tokens``)::
 
-    ceil((system + text blocks + tool definitions JSON) characters / 4) + 4 per message
-    + ceil(width * height / 750) per image
+    tokens of (tool definitions JSON + system + text blocks), in the API's prefix order
+    + 4 per message + each image's tokens after the API's own resizing
+
+Blocks carrying ``cache_control`` are noted as cache breakpoints: the request's last breakpoint
+names the prefix (tools -> system -> messages, reference §10) that the prompt cache may hold.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.sandbox.apierrors import RequestError
+from pipeline.sandbox.tokens import image_tokens, raw_text_tokens, scale_text_tokens
 from pipeline.sandbox.tools import check_tool_choice, check_tools
 from pipeline.sandbox.vision import check_base64_image, check_image_set
 
 MAX_MESSAGES = 100_000
+MAX_CACHE_BREAKPOINTS = 4
+MESSAGE_OVERHEAD_TOKENS = 4
 TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 _OPTIONAL = frozenset({
@@ -60,16 +66,58 @@ class ParsedRequest:
     last_user_text: str
     image_count: int
     input_tokens: int
+    cache_key: str | None = None  # hash of the model and the prefix up to the last breakpoint
+    cache_prefix_tokens: int = 0  # input tokens of that prefix
+    cache_ttl: str = "5m"
 
 
 class _Tally:
-    """Running totals of one walk over the body."""
+    """Running totals of one walk over the body, in the API's prefix order."""
 
-    __slots__ = ("chars", "images")
+    __slots__ = ("breakpoints", "images", "model", "parts", "text", "top_level_cache")
 
-    def __init__(self) -> None:
-        self.chars = 0
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.text = 0  # raw text tokens, before the model's tokenizer factor
         self.images: list[tuple[str, int, int]] = []
+        self.parts: list[object] = []  # prefix blocks so far, for the cache key
+        self.breakpoints: list[tuple[int, int, str]] = []  # (parts, tokens, ttl) at each breakpoint
+        self.top_level_cache = False
+
+    def add_text(self, text: str) -> None:
+        self.text += raw_text_tokens(text)
+
+    @property
+    def tokens(self) -> int:
+        images = sum(image_tokens(width, height, self.model) for _, width, height in self.images)
+        return scale_text_tokens(self.text, self.model) + images
+
+    def note(self, block: object, path: str) -> None:
+        """Record a prefix block; when it carries ``cache_control``, the prefix up to it is cacheable."""
+        if not isinstance(block, dict) or "cache_control" not in block:
+            self.parts.append(block)
+            return
+        control = block["cache_control"]
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            raise RequestError(f"{path}.cache_control.type: Input should be 'ephemeral'")
+        ttl = control.get("ttl", "5m")
+        if ttl not in ("5m", "1h"):
+            raise RequestError(f"{path}.cache_control.ttl: Input should be '5m' or '1h'")
+        self.parts.append({key: value for key, value in block.items() if key != "cache_control"})
+        self.breakpoints.append((len(self.parts), self.tokens, ttl))
+        if len(self.breakpoints) + self.top_level_cache > MAX_CACHE_BREAKPOINTS:
+            raise RequestError(
+                f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+                f"Found {len(self.breakpoints) + self.top_level_cache}."
+            )
+
+    def cache_prefix(self) -> tuple[str | None, int, str]:
+        """(key, tokens, ttl) of the prefix up to the last breakpoint, or (None, 0, "5m")."""
+        if not self.breakpoints:
+            return (None, 0, "5m")
+        count, tokens, ttl = self.breakpoints[-1]
+        canonical = json.dumps([self.model, self.parts[:count]], sort_keys=True, separators=(",", ":"))
+        return (hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest(), tokens, ttl)
 
 
 def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
@@ -101,16 +149,21 @@ def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
     if not isinstance(stream, bool):
         raise RequestError("stream: Input should be a valid boolean")
     _check_misc(body, max_tokens)
-    tally = _Tally()
+    tally = _Tally(model)
+    tally.top_level_cache = isinstance(body.get("cache_control"), dict)
+    tools, _ = check_tools(body.get("tools"))
+    for index, tool in enumerate(tools):
+        # compact and key-sorted, so the same tools always cost the same tokens
+        bare = {key: value for key, value in tool.items() if key != "cache_control"}
+        tally.add_text(json.dumps(bare, separators=(",", ":"), sort_keys=True))
+        tally.note(tool, f"tools.{index}")
     _check_system(body.get("system"), tally)
-    tools, tools_chars = check_tools(body.get("tools"))
-    tally.chars += tools_chars
     tool_choice, tool_name = check_tool_choice(body.get("tool_choice"), tools)
     messages = body["messages"]
     last_user_text = _check_messages(messages, tally)
     check_image_set(tally.images)
-    input_tokens = math.ceil(tally.chars / 4) + 4 * len(messages)
-    input_tokens += sum(math.ceil(width * height / 750) for _, width, height in tally.images)
+    input_tokens = tally.tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
+    cache_key, cache_tokens, cache_ttl = tally.cache_prefix()
     return ParsedRequest(
         model=model,
         max_tokens=max_tokens,
@@ -122,6 +175,9 @@ def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
         last_user_text=last_user_text,
         image_count=len(tally.images),
         input_tokens=input_tokens,
+        cache_key=cache_key,
+        cache_prefix_tokens=cache_tokens,
+        cache_ttl=cache_ttl,
     )
 
 
@@ -195,7 +251,8 @@ def _check_system(system: object, tally: _Tally) -> None:
     if system is None:
         return
     if isinstance(system, str):
-        tally.chars += len(system)
+        tally.add_text(system)
+        tally.parts.append(system)
         return
     if not isinstance(system, list):
         raise RequestError("system: Input should be a valid string or a list of text blocks")
@@ -204,6 +261,7 @@ def _check_system(system: object, tally: _Tally) -> None:
         if not isinstance(block, dict) or block.get("type") != "text":
             raise RequestError(f"{path}.type: Input should be 'text'")
         _check_text(block, path, tally)
+        tally.note(block, path)
 
 
 def _check_text(block: dict[str, Any], path: str, tally: _Tally) -> None:
@@ -217,7 +275,7 @@ def _check_text(block: dict[str, Any], path: str, tally: _Tally) -> None:
         raise RequestError(f"{path}.text: text content blocks must be non-empty")
     if not text.strip():
         raise RequestError(f"{path}.text: text content blocks must contain non-whitespace text")
-    tally.chars += len(text)
+    tally.add_text(text)
 
 
 def _check_messages(messages: object, tally: _Tally) -> str:
@@ -248,7 +306,8 @@ def _check_messages(messages: object, tally: _Tally) -> str:
         if isinstance(content, str):
             if not content.strip():
                 raise RequestError(empty)
-            tally.chars += len(content)
+            tally.add_text(content)
+            tally.parts.append(content)
             texts = [content]
         elif isinstance(content, list):
             if not content:
@@ -279,6 +338,8 @@ def _check_blocks(blocks: list[Any], path: str, tally: _Tally, *, nested: bool) 
         if kind == "text":
             _check_text(block, where, tally)
             texts.append(block["text"])
+            if not nested:
+                tally.note(block, where)
             continue
         for key in block:
             if key not in _BLOCK_KEYS[kind]:
@@ -291,6 +352,8 @@ def _check_blocks(blocks: list[Any], path: str, tally: _Tally, *, nested: bool) 
             _check_tool_use(block, where, tally)
         elif kind == "tool_result":
             _check_tool_result(block, where, tally)
+        if not nested:
+            tally.note(block, where)
     return texts
 
 
@@ -320,17 +383,17 @@ def _check_document(block: dict[str, Any], path: str, tally: _Tally) -> None:
         data = source.get("data")
         if source.get("media_type") != "text/plain" or not isinstance(data, str):
             raise RequestError(f"{where}.text: media_type must be 'text/plain' and data a string")
-        tally.chars += len(data)
+        tally.add_text(data)
     elif kind == "base64" and isinstance(source, dict):
         data = source.get("data")
         if source.get("media_type") != "application/pdf" or not isinstance(data, str):
             raise RequestError(f"{where}.base64.media_type: Input should be 'application/pdf'")
-        # a PDF's real cost depends on its pages; its base64 length is a stable stand-in
-        tally.chars += len(data)
+        # a PDF's real cost depends on its pages; a quarter of its base64 length is a stable stand-in
+        tally.text += len(data) // 4
     elif kind == "content" and isinstance(source, dict):
         content = source.get("content")
         if isinstance(content, str):
-            tally.chars += len(content)
+            tally.add_text(content)
         elif isinstance(content, list):
             _check_blocks(content, f"{where}.content.content", tally, nested=True)
         else:
@@ -352,7 +415,7 @@ def _check_tool_use(block: dict[str, Any], path: str, tally: _Tally) -> None:
         raise RequestError(f"{path}.tool_use.name: Field required")
     if not isinstance(block.get("input"), dict):
         raise RequestError(f"{path}.tool_use.input: Input should be a valid dictionary")
-    tally.chars += len(json.dumps(block["input"], separators=(",", ":")))
+    tally.add_text(json.dumps(block["input"], separators=(",", ":")))
 
 
 def _check_tool_result(block: dict[str, Any], path: str, tally: _Tally) -> None:
@@ -364,7 +427,7 @@ def _check_tool_result(block: dict[str, Any], path: str, tally: _Tally) -> None:
     if content is None:
         return
     if isinstance(content, str):
-        tally.chars += len(content)
+        tally.add_text(content)
     elif isinstance(content, list):
         _check_blocks(content, f"{path}.tool_result.content", tally, nested=True)
     else:

@@ -1,0 +1,266 @@
+"""Reading a finished batch's results into the output, as a stream, in whatever order they come.
+
+Each line is one row's outcome, joined to its row through the submission's rows file by
+``custom_id``; results are journalled a chunk at a time through the same writer as realtime mode, so
+the output schema and the rerun rules are the same:
+
+- ``succeeded``: an ``ok`` row with the usage exactly as the line reports it (a forced tool's input
+  that breaks its schema makes the row an error, ``schema_violation``, keeping the reply);
+- ``errored``: an error row with the API's error type; ``invalid_request_error`` stays an error, other
+  types are sent again by the next invocation (the rerun rule), up to ``[batch] max_attempts``;
+- ``expired``: an error row, ``expired``, sent again like a retryable error;
+- ``canceled``: nothing is written; the row is simply not done, and the next invocation submits it.
+
+Only a chunk of lines is held at once. A line whose ``custom_id`` is not in the submission means the
+batch is not ours (see the orphan rule in :mod:`pipeline.batch.run`): collection stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from pydantic import ValidationError
+
+from pipeline.batch.api import BatchesApi
+from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows
+from pipeline.batch.submit import ERROR_PREFIX
+from pipeline.errors import PipelineError, RetryableApiError
+from pipeline.records import Reply, Result, Row, Usage
+from pipeline.responses import one_line, parse_message, read_error_json
+from pipeline.spec import RequestSpec
+from pipeline.structured import schema_violation
+from pipeline.writer import Journal, ResultStore, output_schema
+
+log = logging.getLogger("pipeline.batch")
+
+CHUNK = 1000
+RESULT_ATTEMPTS = 3  # whole downloads of one results file before giving up for this invocation
+
+
+class ForeignBatch(PipelineError):
+    """The results hold a custom_id this submission never sent: the adopted batch is not ours."""
+
+
+@dataclass(slots=True)
+class BatchTally:
+    """What collecting (and preparing) recorded in one invocation."""
+
+    ok: int = 0
+    error: int = 0
+    canceled: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    error_rows: set[str] = field(default_factory=set)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation: int = 0
+    cache_read: int = 0
+
+    def add(self, result: Result) -> None:
+        """Count one recorded result."""
+        if result.status == "ok":
+            self.ok += 1
+            self.error_rows.discard(result.row.row_id)  # an earlier error of this row was retried
+        else:
+            self.error += 1
+            self.errors_by_type[result.error_type or "unknown"] += 1
+            self.error_rows.add(result.row.row_id)
+        if result.reply is not None:
+            usage = result.reply.usage
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+            self.cache_creation += usage.cache_creation_input_tokens
+            self.cache_read += usage.cache_read_input_tokens
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens as the result lines reported them."""
+        return Usage(self.input_tokens, self.output_tokens, self.cache_creation, self.cache_read)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One result line, decoded but not yet joined to its row."""
+
+    custom_id: str
+    kind: str  # succeeded | errored | expired | canceled
+    reply: Reply | None = None
+    error_type: str | None = None
+    message: str | None = None
+
+
+def parse_line(line: str, batch_id: str) -> Outcome:
+    """A result line; ValueError when it is not one."""
+    data = json.loads(line)
+    if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
+        raise ValueError("result line has no custom_id")
+    custom_id = data["custom_id"]
+    result = data.get("result")
+    if not isinstance(result, dict):
+        raise ValueError(f"result line for {custom_id} has no result")
+    kind = result.get("type")
+    if kind == "succeeded":
+        message = result.get("message")
+        if not isinstance(message, dict):
+            raise ValueError(f"succeeded result for {custom_id} has no message")
+        try:
+            reply = parse_message(message, batch_id)
+        except (ValueError, TypeError) as exc:
+            return Outcome(custom_id, "errored", error_type="parse_error", message=one_line(str(exc), 200))
+        return Outcome(custom_id, "succeeded", reply=reply)
+    if kind == "errored":
+        error = result.get("error")
+        error_type, text, _, _ = read_error_json(error if isinstance(error, dict) else {})
+        return Outcome(custom_id, "errored", error_type=error_type or "api_error", message=text or "errored")
+    if kind == "expired":
+        return Outcome(
+            custom_id, "expired", error_type="expired", message="expired before the batch processed it"
+        )
+    if kind == "canceled":
+        return Outcome(custom_id, "canceled")
+    raise ValueError(f"result for {custom_id} has unknown type {kind!r}")
+
+
+def stored_request(sub: Submission) -> RequestSpec | None:
+    """The ``[request]`` a submission was built from (for the schema check), when it still parses."""
+    try:
+        return RequestSpec.model_validate(sub.job.get("request") or {})
+    except ValidationError:
+        return None
+
+
+class Collector:
+    """Journals the results of ended batches into one output directory."""
+
+    def __init__(self, store: ResultStore, batch_log: BatchLog, api: BatchesApi, tally: BatchTally) -> None:
+        self.store = store
+        self.log = batch_log
+        self.api = api
+        self.tally = tally
+
+    async def collect(self, sub: Submission, counts: dict[str, int]) -> None:
+        """Download and journal every result of ``sub``'s ended batch, then log it collected."""
+        assert sub.batch_id is not None
+        rows = read_rows(self.log.rows_path(sub.key))
+        index = {custom_id: i for i, custom_id in enumerate(rows.column("custom_id").to_pylist())}
+        values_type = rows.schema.field("values").type
+        input_schema = pa.schema([values_type.field(i) for i in range(values_type.num_fields)])
+        request = stored_request(sub)
+        # the same columns as realtime mode, typed tool columns included
+        journal = self.store.new_journal(output_schema(input_schema, request))
+        seen: set[str] = set()
+        try:
+            for attempt in range(1, RESULT_ATTEMPTS + 1):
+                try:
+                    await self._download(sub, rows, index, seen, journal, request)
+                    break
+                except RetryableApiError as exc:
+                    if attempt == RESULT_ATTEMPTS:
+                        raise
+                    # what was journalled stays; the next download skips those lines
+                    log.warning("results of %s broke off (%s); downloading again", sub.batch_id, exc)
+        finally:
+            journal.close()
+        if journal.rows_written:
+            fsync_path(journal.path)
+        self.log.append("collected", sub.key, batch_id=sub.batch_id, counts=counts)
+        sub.phase = "collected"
+        missing = len(index) - len(seen)
+        if missing:
+            log.warning("%s: %d rows had no result line; they will be submitted again", sub.batch_id, missing)
+
+    async def _download(
+        self,
+        sub: Submission,
+        rows: pa.Table,
+        index: dict[str, int],
+        seen: set[str],
+        journal: Journal,
+        request: RequestSpec | None,
+    ) -> None:
+        assert sub.batch_id is not None
+        chunk: list[Outcome] = []
+        async with self.api.results(sub.batch_id) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    outcome = parse_line(line, sub.batch_id)
+                except ValueError as exc:
+                    log.warning("%s: skipping a result line: %s", sub.batch_id, exc)
+                    continue
+                if outcome.custom_id not in index:
+                    raise ForeignBatch(
+                        f"batch {sub.batch_id} holds custom_id {outcome.custom_id!r}, which submission "
+                        f"{sub.key} never sent; it is not this output's batch"
+                    )
+                if outcome.custom_id in seen:
+                    continue
+                seen.add(outcome.custom_id)
+                chunk.append(outcome)
+                if len(chunk) >= CHUNK:
+                    self._write(sub, rows, index, chunk, journal, request)
+                    chunk = []
+        self._write(sub, rows, index, chunk, journal, request)
+
+    def _write(
+        self,
+        sub: Submission,
+        rows: pa.Table,
+        index: dict[str, int],
+        chunk: list[Outcome],
+        journal: Journal,
+        request: RequestSpec | None,
+    ) -> None:
+        if not chunk:
+            return
+        picked = rows.take(pa.array([index[o.custom_id] for o in chunk], type=pa.int64()))
+        row_ids = picked.column("row_id").to_pylist()
+        row_indexes = picked.column("row_index").to_pylist()
+        hashes = picked.column("row_hash").to_pylist()
+        attempts = picked.column("attempt").to_pylist()
+        values = picked.column("values").to_pylist()
+        now = datetime.now(UTC)
+        results: list[Result] = []
+        for i, outcome in enumerate(chunk):
+            if outcome.kind == "canceled":
+                self.tally.canceled += 1
+                continue
+            row = Row(row_indexes[i], row_ids[i], values[i] or {}, hashes[i] or "")
+            results.append(self._result(sub, row, attempts[i], outcome, now, request))
+        journal.append(results)
+        for result in results:
+            self.tally.add(result)
+
+    @staticmethod
+    def _result(
+        sub: Submission, row: Row, attempt: int, outcome: Outcome, now: datetime, request: RequestSpec | None
+    ) -> Result:
+        where = f"{ERROR_PREFIX}{sub.batch_id}: "
+        if outcome.reply is not None:
+            violation = schema_violation(request, outcome.reply) if request is not None else None
+            if violation is None:
+                return Result(row, "ok", now, sub.fingerprint, reply=outcome.reply, attempts=attempt)
+            return Result(
+                row,
+                "error",
+                now,
+                sub.fingerprint,
+                reply=outcome.reply,  # paid for: its usage and text stay in the output
+                attempts=attempt,
+                error_type="schema_violation",
+                error_message=where + violation,
+            )
+        return Result(
+            row,
+            "error",
+            now,
+            sub.fingerprint,
+            attempts=attempt,
+            error_type=outcome.error_type,
+            error_message=where + one_line(outcome.message or "", 200),
+        )

@@ -1,0 +1,604 @@
+"""Batch mode end to end: adopt orphans, collect what ended, submit what is left, optionally wait.
+
+One invocation (``pipeline run JOB --mode batch``, ``pipeline batch collect OUTPUT``) does, under the
+output directory's lock:
+
+1. **Orphans.** A submission whose intent is logged but whose batch id is not (the process died
+   between the create POST and saving its answer) is matched by listing the API's batches: the
+   oldest batch created at or after the intent's time (less ``ORPHAN_SKEW``, for clock skew) that
+   holds exactly the intent's number of requests and is not already known to this output is adopted.
+   When none is listed, the submission's rows stay pending until ``[batch] orphan_grace_s`` has
+   passed since the intent (a create still on its way may show up late); then it is abandoned and
+   its rows can be submitted again. A wrong adoption cannot write wrong rows: collecting checks that
+   every ``custom_id`` in the results belongs to the submission, and abandons the batch otherwise.
+2. **Collect.** Every submitted batch is retrieved; those that ended are collected
+   (:mod:`pipeline.batch.collect`) and folded into ``results.parquet``.
+3. **Submit** (``run`` only). Rows that are not settled (the realtime rerun rule) and not pending in
+   an open submission are built and submitted (:mod:`pipeline.batch.submit`); rows whose batch
+   errors already used ``[batch] max_attempts`` stay errors.
+4. **Wait** (``--wait``). Poll with backoff (``poll_interval_s`` growing to ``max_poll_interval_s``)
+   and repeat until nothing is pending. Without it the command returns, saying what is pending.
+
+A pending batch is never submitted again, and nothing is submitted twice: rows are submitted only
+after every open submission is accounted for, and an intent is on disk before its POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from pipeline.batch.api import BatchApiConfig, BatchesApi, BatchInfo, CreateUnconfirmed
+from pipeline.batch.collect import BatchTally, Collector, ForeignBatch
+from pipeline.batch.state import BatchLog, Submission, pending_row_ids, utc_now
+from pipeline.batch.submit import Submitter, Target, job_record, prior_attempts
+from pipeline.errors import ConfigError, FatalApiError, OutputError, PermanentApiError, RowError
+from pipeline.lock import locked_output
+from pipeline.prices import describe_price, price_for
+from pipeline.reader import SourcedRow, iter_rows
+from pipeline.records import Result, Row, Summary
+from pipeline.runner import open_job_input, prepare_request
+from pipeline.shutdown import Shutdown
+from pipeline.sources import load_image
+from pipeline.spec import BatchSpec, JobSpec, PricesSpec
+from pipeline.wire import MessagePayload
+from pipeline.writer import Journal, ResultStore, RetryPolicy, output_schema
+
+log = logging.getLogger("pipeline.batch")
+progress = logging.getLogger("pipeline.run")  # shown without -v, like realtime progress lines
+
+ORPHAN_SKEW = timedelta(minutes=5)
+READ_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """Where a batch invocation reads, writes and sends; resolved by the CLI."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    output: Path
+    input: str = ""
+    limit: int | None = None
+    fresh: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    wait: bool = False
+    sandbox: bool = False
+    grace_s: float = 30.0
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    anthropic_version: str = "2023-06-01"
+    timeout_s: float = 120.0
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """How a batch invocation ended and what is still pending."""
+
+    summary: Summary
+    output: Path
+    results_rows: int
+    submitted_batches: int
+    submitted_rows: int
+    collected_batches: int
+    pending: tuple[Submission, ...]
+    pending_rows: int
+    final_errors: int
+    exhausted: int
+    notes: tuple[str, ...] = ()
+    fatal: FatalApiError | None = None
+    interrupted: str | None = None
+
+    def batch_dict(self) -> dict[str, Any]:
+        """The batch part of the ``--json`` summary."""
+        return {
+            "submitted_batches": self.submitted_batches,
+            "submitted_rows": self.submitted_rows,
+            "collected_batches": self.collected_batches,
+            "pending_batches": [sub.label() for sub in self.pending],
+            "pending_rows": self.pending_rows,
+            "final_errors": self.final_errors,
+            "max_attempts_reached": self.exhausted,
+        }
+
+
+def connection(output: Path) -> dict[str, Any]:
+    """Where the latest submission from ``output`` went (base URL, key variable, auth...)."""
+    batch_log = BatchLog(output)
+    submissions = batch_log.submissions()
+    if not submissions:
+        raise OutputError(f"{output}: nothing was submitted in batch mode from here (no {batch_log.path})")
+    latest = submissions[-1]
+    return {**latest.job, "base_url": latest.base_url, "sandbox": latest.sandbox}
+
+
+async def run_batch(
+    spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
+) -> BatchOutcome:
+    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait."""
+    started = time.monotonic()
+    store = ResultStore(options.output)
+    store.prepare()
+    with locked_output(options.output):
+        batch_log = BatchLog(options.output)
+        batch_log.remove_spools()
+        if options.fresh:
+            still_open = [sub.label() for sub in batch_log.submissions() if sub.open]
+            if still_open:
+                raise ConfigError(
+                    f"--fresh: {len(still_open)} batches are still pending ({', '.join(still_open[:3])}); "
+                    f"cancel them (pipeline batch cancel {options.output}) and collect them first"
+                )
+            store.start_fresh()
+        else:
+            store.compact()
+        config = BatchApiConfig(
+            base_url=options.base_url,
+            api_key=options.api_key,
+            auth=options.auth,
+            anthropic_version=options.anthropic_version,
+            timeout_s=options.timeout_s,
+            max_attempts=options.max_attempts,
+        )
+        async with BatchesApi(config, transport=transport) as api:
+            engine = _Engine(store, batch_log, api, spec, options)
+            return await engine.run(started)
+
+
+async def cancel_batches(
+    options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
+) -> list[str]:
+    """Cancel every pending batch of an output directory; one line per batch."""
+    store = ResultStore(options.output)
+    store.prepare()
+    lines: list[str] = []
+    with locked_output(options.output):
+        batch_log = BatchLog(options.output)
+        config = BatchApiConfig(options.base_url, options.api_key, options.auth, options.anthropic_version)
+        async with BatchesApi(config, transport=transport) as api:
+            engine = _Engine(store, batch_log, api, None, options)
+            await engine.reconcile()
+            lines.extend(engine.notes)
+            for sub in batch_log.submissions():
+                if sub.phase != "submitted" or sub.batch_id is None:
+                    continue
+                info = await api.retrieve(sub.batch_id)
+                if info.ended:
+                    lines.append(f"{sub.batch_id}: already ended; collect it with pipeline batch collect")
+                    continue
+                info = await api.cancel(sub.batch_id)
+                batch_log.append("cancel", sub.key, batch_id=sub.batch_id)
+                lines.append(f"{sub.batch_id}: {info.processing_status} ({sub.requests} requests)")
+    if not lines:
+        lines.append("nothing is pending")
+    return lines
+
+
+async def batch_status(
+    output: Path, options: BatchOptions | None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> list[dict[str, Any]]:
+    """Every submission of an output directory; open ones are retrieved when ``options`` allow it."""
+    submissions = BatchLog(output).submissions()
+    infos: dict[str, BatchInfo | str] = {}
+    if options is not None:
+        config = BatchApiConfig(options.base_url, options.api_key, options.auth, options.anthropic_version)
+        async with BatchesApi(config, transport=transport) as api:
+            for sub in submissions:
+                if sub.phase == "submitted" and sub.batch_id is not None:
+                    try:
+                        infos[sub.key] = await api.retrieve(sub.batch_id)
+                    except (PermanentApiError, OutputError) as exc:
+                        infos[sub.key] = str(exc)
+    rows: list[dict[str, Any]] = []
+    for sub in submissions:
+        entry: dict[str, Any] = {
+            "key": sub.key,
+            "batch_id": sub.batch_id,
+            "state": sub.phase,
+            "requests": sub.requests,
+            "submitted_at": sub.intent_at.isoformat(timespec="seconds"),
+            "adopted": sub.adopted,
+            "cancel_requested": sub.cancel_requested,
+        }
+        found = infos.get(sub.key)
+        if isinstance(found, BatchInfo):
+            entry["processing_status"] = found.processing_status
+            entry["request_counts"] = found.request_counts
+        elif isinstance(found, str):
+            entry["problem"] = found
+        if sub.phase == "collected":
+            entry["request_counts"] = sub.counts
+        if sub.note:
+            entry["note"] = sub.note
+        rows.append(entry)
+    return rows
+
+
+class _Engine:
+    """One invocation's state: the log, the API, the tally and what it has done so far."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        batch_log: BatchLog,
+        api: BatchesApi,
+        spec: JobSpec | None,
+        options: BatchOptions,
+    ) -> None:
+        self.store = store
+        self.log = batch_log
+        self.api = api
+        self.spec = spec
+        self.options = options
+        self.tally = BatchTally()
+        self.collector = Collector(store, batch_log, api, self.tally)
+        self.settings = spec.batch if spec is not None else _stored_settings(batch_log)
+        self.notes: list[str] = []
+        self.stop = asyncio.Event()
+        self.submitted: list[Submission] = []
+        self.submitted_rows = 0
+        self.collected = 0
+        self.skipped = 0
+        self.exhausted = 0
+        self._journal: Journal | None = None
+        self._passes = 0  # submission passes made
+        self.rows_seen = 0  # input rows the first submission pass read
+        self._unsendable: set[str] = set()  # rows that became errors without a request, this invocation
+        self._progress: dict[str, BatchInfo] = {}
+
+    async def run(self, started: float) -> BatchOutcome:
+        fatal: FatalApiError | None = None
+        shutdown = Shutdown(self.options.grace_s)
+        main = asyncio.current_task()
+        assert main is not None
+        shutdown.install(stop=self.stop.set, abort=lambda: _cancel(main))
+        try:
+            await self._drive()
+        except FatalApiError as exc:
+            fatal = exc
+        except CreateUnconfirmed as exc:
+            self.notes.append(
+                f"{exc}; a batch may have been created: the next invocation looks for it by listing"
+                " before submitting anything"
+            )
+        except asyncio.CancelledError:
+            if not shutdown.requested:
+                raise
+            main.uncancel()
+        finally:
+            shutdown.uninstall()
+            if self._journal is not None:
+                self._journal.close()
+            # whatever stopped the invocation (an API that stays down, a full disk), what was
+            # collected is folded in; the raised error is reported by the CLI
+            results_rows = self.store.compact()
+        return self._outcome(started, results_rows, fatal, shutdown.signal_name)
+
+    async def _drive(self) -> None:
+        settings = self.settings
+        if self.options.sandbox:
+            # the built-in sandbox finishes a batch in about a second; a 10 s first poll would only idle
+            settings = settings.model_copy(update={"poll_interval_s": min(settings.poll_interval_s, 0.5)})
+        delay = settings.poll_interval_s
+        first = True
+        while True:
+            await self.reconcile()
+            collected = await self.poll()
+            if collected:
+                self.store.compact()
+            submitted = 0
+            if self.spec is not None and (first or collected) and not self.stop.is_set():
+                before = len(self.submitted)
+                await self.submit(self.spec)
+                submitted = len(self.submitted) - before
+            first = False
+            still_open = [sub for sub in self.log.submissions() if sub.open]
+            if not self.options.wait or not still_open or self.stop.is_set():
+                return
+            delay = (
+                settings.poll_interval_s
+                if collected or submitted
+                else min(delay * 1.5, settings.max_poll_interval_s)
+            )
+            progress.info("%s; next check in %.0f s", self._waiting_line(still_open), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            if self.stop.is_set():
+                return
+
+    def _waiting_line(self, still_open: list[Submission]) -> str:
+        counts: dict[str, int] = {}
+        for sub in still_open:
+            info = self._progress.get(sub.key)
+            for name, value in (info.request_counts if info else {}).items():
+                counts[name] = counts.get(name, 0) + value
+        rows = sum(sub.requests for sub in still_open)
+        shown = ", ".join(f"{value} {name}" for name, value in counts.items() if value)
+        return f"waiting for {len(still_open)} batches ({rows} requests{': ' + shown if shown else ''})"
+
+    # ------------------------------------------------------------------ orphans
+
+    async def reconcile(self) -> None:
+        """Adopt or abandon submissions whose batch id was never saved (see the module docstring)."""
+        submissions = self.log.submissions()
+        unconfirmed = sorted((s for s in submissions if s.phase == "unconfirmed"), key=lambda s: s.intent_at)
+        if not unconfirmed:
+            return
+        known = {sub.batch_id for sub in submissions if sub.batch_id}
+        since = unconfirmed[0].intent_at - ORPHAN_SKEW
+        listed = [b for b in await self.api.list_since(since) if b.id not in known]
+        listed.sort(key=lambda b: b.created_at or since)
+        now = utc_now()
+        for sub in unconfirmed:
+            match = next(
+                (
+                    b
+                    for b in listed
+                    if b.total == sub.requests
+                    and (b.created_at is None or b.created_at >= sub.intent_at - ORPHAN_SKEW)
+                ),
+                None,
+            )
+            if match is not None:
+                listed.remove(match)
+                created = match.created_at.isoformat() if match.created_at else None
+                self.log.append("submitted", sub.key, batch_id=match.id, created_at=created, adopted=True)
+                self.notes.append(
+                    f"adopted {match.id} for submission {sub.key} ({sub.requests} requests): its id was"
+                    " never saved (the run that sent it stopped first)"
+                )
+            elif sub.sandbox or (now - sub.intent_at).total_seconds() >= self.settings.orphan_grace_s:
+                self.log.append(
+                    "abandoned", sub.key, reason=f"no batch of {sub.requests} requests was created after it"
+                )
+                self.notes.append(
+                    f"submission {sub.key} made no batch (none of {sub.requests} requests is listed); "
+                    "its rows will be submitted again"
+                )
+            else:
+                self.notes.append(
+                    f"submission {sub.key} ({sub.requests} requests) is unconfirmed and no batch matches"
+                    f" it yet; its rows stay pending until one is listed or [batch] orphan_grace_s passes"
+                )
+
+    # ------------------------------------------------------------------ collect
+
+    async def poll(self) -> int:
+        """Retrieve every submitted batch, collect the ended ones; returns how many were collected."""
+        collected = 0
+        for sub in self.log.submissions():
+            if sub.phase != "submitted" or sub.batch_id is None:
+                continue
+            try:
+                info = await self.api.retrieve(sub.batch_id)
+            except PermanentApiError as exc:
+                if exc.status != 404:
+                    raise
+                if sub.sandbox:
+                    self.log.append("lost", sub.key, reason="the built-in sandbox that held it has stopped")
+                    self.notes.append(
+                        f"{sub.batch_id} was lost with the sandbox that held it; its rows are free again"
+                    )
+                    continue
+                raise ConfigError(
+                    f"batch {sub.batch_id} is not found at {self.options.base_url} (it was submitted to "
+                    f"{sub.base_url}); check the key and --base-url"
+                ) from None
+            self._progress[sub.key] = info
+            if not info.ended:
+                continue
+            try:
+                await self.collector.collect(sub, info.request_counts)
+            except ForeignBatch as exc:
+                self.log.append("abandoned", sub.key, reason=str(exc))
+                self.notes.append(f"{exc}; its rows will be submitted again")
+                continue
+            except PermanentApiError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                # results are kept 29 days after creation; after that its rows can only be sent again
+                self.log.append("lost", sub.key, reason=f"results no longer available: {exc}")
+                self.notes.append(f"the results of {sub.batch_id} are gone ({exc}); its rows are free again")
+                continue
+            collected += 1
+            self.collected += 1
+            progress.info("collected %s (%s)", sub.batch_id, _counts_text(info.request_counts))
+        return collected
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, spec: JobSpec) -> None:
+        """Submit every row that is neither settled nor pending, in as many batches as the limits need."""
+        options = self.options
+        self.exhausted = 0  # counted afresh by each pass
+        table = open_job_input(spec, options.input)
+        fingerprint = spec.request.fingerprint()
+        settled = self.store.settled(fingerprint, options.retry)
+        pending = pending_row_ids(self.log, self.log.submissions())
+        prior = prior_attempts(self.store, fingerprint)
+        target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))
+        submitter = Submitter(
+            self.log,
+            self.api,
+            target,
+            table.arrow_schema,
+            max_requests=self.settings.max_requests,
+            max_bytes=self.settings.max_bytes,
+        )
+        schema = output_schema(table.arrow_schema, spec.request)
+        slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
+        rows = iter_rows(table, limit=options.limit)
+        try:
+            async with httpx.AsyncClient(
+                follow_redirects=True, headers={"user-agent": "pipeline/0.1"}
+            ) as http:
+
+                async def prepare(sourced: SourcedRow) -> MessagePayload | RowError:
+                    async def load(cell: str, base_dir: Path) -> bytes:
+                        return await load_image(
+                            cell,
+                            base_dir=base_dir,
+                            http=http,
+                            root=spec.request.image_root,
+                            timeout_s=spec.limits.timeout_s,
+                        )
+
+                    async with slots:
+                        try:
+                            payload, _, _ = await prepare_request(spec.request, sourced, load)
+                        except RowError as exc:
+                            return exc
+                        # the preparing boundary: a decoder's surprise is this row's error
+                        except Exception as exc:
+                            log.exception("unexpected error preparing row %s", sourced.row.row_id)
+                            return RowError(str(exc) or type(exc).__name__, error_type=type(exc).__name__)
+                        return payload
+
+                while not self.stop.is_set() and (batch := await asyncio.to_thread(_take, rows)):
+                    todo: list[tuple[SourcedRow, int]] = []
+                    for sourced in batch:
+                        row = sourced.row
+                        self.rows_seen += 0 if self._passes else 1
+                        if settled.get(row.row_id) == row.content_hash:
+                            # counted once: later passes of a --wait run see this invocation's own rows
+                            self.skipped += 0 if self._passes else 1
+                            continue
+                        if row.row_id in pending or row.row_id in self._unsendable:
+                            continue  # an earlier pass of this invocation could not build it
+                        attempt = prior.get(row.row_id, 0) + 1
+                        if attempt > self.settings.max_attempts:
+                            self.exhausted += 1
+                            continue
+                        todo.append((sourced, attempt))
+                    prepared = await asyncio.gather(*(prepare(sourced) for sourced, _ in todo))
+                    for (sourced, attempt), made in zip(todo, prepared, strict=True):
+                        failure = made if isinstance(made, RowError) else None
+                        if failure is None:
+                            try:
+                                await submitter.add(sourced.row, made, attempt)  # type: ignore[arg-type]
+                            except RowError as exc:
+                                failure = exc
+                        if failure is not None:
+                            self._record_error(schema, sourced.row, fingerprint, failure)
+                if self.stop.is_set():
+                    submitter.discard()  # never sent, so never paid: the next invocation submits these rows
+                else:
+                    await submitter.finish()
+            # a valid (maybe empty) results.parquet from the first submission on, as in realtime mode
+            self.store.ensure_results(schema)
+        finally:
+            self._passes += 1
+            self.submitted.extend(submitter.submitted)
+            self.submitted_rows += submitter.rows_submitted
+            if self._journal is not None:
+                # closed before the next compaction, which folds (and deletes) every journal
+                self._journal.close()
+                self._journal = None
+
+    def _record_error(self, schema: Any, row: Row, fingerprint: str, failure: RowError) -> None:
+        """A row that cannot be sent is an error row now, with no request made (as in realtime mode)."""
+        result = Result(
+            row,
+            "error",
+            utc_now(),
+            fingerprint,
+            attempts=0,
+            error_type=failure.error_type,
+            error_message=str(failure),
+        )
+        if self._journal is None:
+            self._journal = self.store.new_journal(schema)
+        self._journal.append([result])
+        self.tally.add(result)
+        self._unsendable.add(row.row_id)
+
+    # ------------------------------------------------------------------ outcome
+
+    def _outcome(
+        self, started: float, results_rows: int, fatal: FatalApiError | None, signal: str | None
+    ) -> BatchOutcome:
+        tally = self.tally
+        still_open = tuple(sub for sub in self.log.submissions() if sub.open)
+        pending_ids = pending_row_ids(self.log, still_open)
+        request = self.spec.request if self.spec is not None else None
+        model = (
+            request.model
+            if request is not None
+            else str(self._stored_job().get("request", {}).get("model", ""))
+        )
+        prices_raw = self.spec.prices if self.spec is not None else self._stored_job().get("prices")
+        prices = (
+            prices_raw
+            if isinstance(prices_raw, PricesSpec) or prices_raw is None
+            else PricesSpec(**prices_raw)
+        )
+        price = price_for(model, prices) if model else None
+        usage = tally.usage
+        ttl = request.cache_ttl if request is not None else "5m"
+        priced_as = describe_price(price, model)
+        if price is not None:
+            priced_as += f", at batch prices (x{price.batch_multiplier:g})"
+        summary = Summary(
+            # the input's rows (run), or the results collected (batch collect)
+            rows_total=self.rows_seen if self.spec is not None else tally.ok + tally.error + tally.canceled,
+            rows_ok=tally.ok,
+            rows_error=tally.error,
+            rows_skipped=self.skipped,
+            errors_by_type=dict(tally.errors_by_type),
+            usage=usage,
+            requests_sent=self.submitted_rows,
+            retries=0,
+            wall_s=time.monotonic() - started,
+            cost_usd=price.cost_usd(usage, batch=True, cache_ttl=ttl) if price is not None else None,
+            priced_as=priced_as,
+        )
+        return BatchOutcome(
+            summary=summary,
+            output=self.options.output,
+            results_rows=results_rows,
+            submitted_batches=len(self.submitted),
+            submitted_rows=self.submitted_rows,
+            collected_batches=self.collected,
+            pending=still_open,
+            pending_rows=len(pending_ids),
+            final_errors=len(tally.error_rows - pending_ids),
+            exhausted=self.exhausted,
+            notes=tuple(self.notes),
+            fatal=fatal,
+            interrupted=signal,
+        )
+
+    def _stored_job(self) -> dict[str, Any]:
+        submissions = self.log.submissions()
+        return submissions[-1].job if submissions else {}
+
+
+def _stored_settings(batch_log: BatchLog) -> BatchSpec:
+    submissions = batch_log.submissions()
+    raw = submissions[-1].job.get("batch") if submissions else None
+    try:
+        return BatchSpec.model_validate(raw or {})
+    except ValueError:
+        return BatchSpec()
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+
+
+def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
+    return [row for _, row in zip(range(READ_ROWS), rows, strict=False)]
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{value} {name}" for name, value in counts.items() if value) or "empty"
