@@ -119,6 +119,7 @@ def refuse_pending_batches(output: Path) -> None:
         raise ConfigError(
             f"{output} has {len(pending)} pending batches ({', '.join(pending[:3])}); collect them"
             f" (pipeline batch collect {output}) or cancel them first, or keep running with --mode batch"
+            " (a batch that no longer exists: pipeline batch forget)"
         )
 
 
@@ -148,7 +149,7 @@ def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
 
 @click.group()
 def batch() -> None:
-    """Batch mode's submissions in an OUTPUT directory: status, collect, cancel.
+    """Batch mode's submissions in an OUTPUT directory: status, collect, cancel, forget.
 
     Submit with `pipeline run JOB --mode batch`; these commands need only OUTPUT (and the key).
     """
@@ -225,4 +226,36 @@ def batch_cancel(output: Path, base_url: str | None) -> None:
 
     for line in asyncio.run(cancel_batches(_stored_options(output, base_url))):
         click.echo(line, err=True)
+    sys.exit(EXIT_OK)
+
+
+@batch.command("forget")
+@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("batch_id", metavar="BATCH_ID")
+@click.option(
+    "--yes", is_flag=True, help="Forget it even though its rows may be paid twice if the batch still exists."
+)
+@expected_errors
+def batch_forget(output: Path, batch_id: str, yes: bool) -> None:
+    """Give up a pending batch the API no longer knows; the next run submits its rows again.
+
+    BATCH_ID is a msgbatch_ id, or the key of an unconfirmed submission (`pipeline batch status
+    --offline` lists both). Nothing is sent to the API. If the batch still exists (under another key
+    or workspace, or at another base URL), its rows may be paid twice: check first, then pass --yes.
+    """
+    from pipeline.batch.run import find_pending, forget_batch
+
+    sub = find_pending(output, batch_id)
+    if not yes:
+        fail(
+            f"batch forget: {sub.label()} ({sub.requests} requests) would be given up and its rows submitted"
+            " again by the next run; if that batch still exists (under another key or workspace, or at"
+            f" another base URL) they may be paid twice. Check with `pipeline batch status {output}`,"
+            " then add --yes"
+        )
+    sub = forget_batch(output, batch_id)
+    click.echo(
+        f"pipeline: forgot {sub.label()} ({sub.requests} requests); the next run submits its rows again",
+        err=True,
+    )
     sys.exit(EXIT_OK)

@@ -68,7 +68,7 @@ class GalleryInfo:
 
 
 def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
-    """Record which job writes ``directory`` (``OUTPUT/job.json``), so ``report`` can find its images."""
+    """Record the latest run's job (``OUTPUT/job.json``): images for report, prices for status."""
     note = {
         "name": spec.name,
         "job": spec.source,
@@ -76,6 +76,9 @@ def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
         "images": list(spec.request.images),
         "model": spec.request.model,
         "prices": spec.prices.model_dump() if spec.prices else None,
+        # what `pipeline status` prices this run's rows with (rows of this fingerprint)
+        "cache_ttl": spec.request.cache_ttl,
+        "fingerprint": spec.request.fingerprint(),
     }
     tmp = directory / f".{JOB_NOTE}.tmp-{os.getpid()}"
     try:

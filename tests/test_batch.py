@@ -539,3 +539,26 @@ async def test_create_whose_answer_is_lost_is_not_resent_and_is_adopted_next_tim
         assert batch_stats(sandbox)["max_submissions_per_custom_id"] == 1
     assert rerun.summary.rows_ok == 5
     assert results(tmp_path).height == 5
+
+
+def test_report_of_a_batch_output_finds_the_image_columns(tmp_path: Path, sandbox: SandboxHandle) -> None:
+    """A batch run records its job like a realtime run, so `pipeline report` shows its images."""
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        (tmp_path / "photos" / f"p{i}.png").write_bytes(image_bytes("PNG", size=(64 + i, 48)))
+    pl.DataFrame({"id": ["a", "b", "c"], "pic": [f"photos/p{i}.png" for i in range(3)]}).write_csv(
+        tmp_path / "input.csv"
+    )
+    job = write_job(
+        tmp_path,
+        name="batchpics",
+        input="input.csv",
+        output="out",
+        id_column="id",
+        batch=FAST_POLL,
+        request={"model": "claude-haiku-4-5", "max_tokens": 32, "prompt": "Describe.", "images": ["pic"]},
+    )
+    assert run(job, sandbox, "--wait").exit_code == 0
+    shown = invoke(["report", str(tmp_path / "out")])
+    assert shown.exit_code == 0, shown.output
+    assert "3 thumbnails" in shown.output

@@ -11,8 +11,15 @@ the output schema and the rerun rules are the same:
 - ``expired``: an error row, ``expired``, sent again like a retryable error;
 - ``canceled``: nothing is written; the row is simply not done, and the next invocation submits it.
 
-Only a chunk of lines is held at once. A line whose ``custom_id`` is not in the submission means the
-batch is not ours (see the orphan rule in :mod:`pipeline.batch.run`): collection stops.
+Followers (dedupe: rows whose identical request a leader of the same submission carried) get their
+leader's result as realtime mode gives it (:func:`pipeline.dedupe.shared_result`: same status, answer
+or error, ``shared_request_with`` = the leader's row id, zero tokens, attempts 0), journalled in the
+same batch as the leader's row, so a crash keeps all or none. A canceled leader writes nothing for its
+followers either: they are submitted again with it.
+
+Only a chunk of lines is held at once. A line whose ``custom_id`` is not sent in the submission (a
+follower's custom_id is never sent) means the batch is not ours (see the orphan rule in
+:mod:`pipeline.batch.run`): collection stops.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from pipeline.batch.api import BatchesApi
-from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows
+from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows, row_leaders
 from pipeline.batch.submit import ERROR_PREFIX
+from pipeline.dedupe import shared_result
 from pipeline.errors import PipelineError, RetryableApiError
 from pipeline.records import Reply, Result, Row, Usage
 from pipeline.responses import one_line, parse_message, read_error_json
@@ -55,6 +63,7 @@ class BatchTally:
     canceled: int = 0
     errors_by_type: Counter[str] = field(default_factory=Counter)
     error_rows: set[str] = field(default_factory=set)
+    shared: int = 0  # rows that got a leader's result (dedupe), no request of their own
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation: int = 0
@@ -62,6 +71,8 @@ class BatchTally:
 
     def add(self, result: Result) -> None:
         """Count one recorded result."""
+        if result.shared_with is not None:
+            self.shared += 1
         if result.status == "ok":
             self.ok += 1
             self.error_rows.discard(result.row.row_id)  # an earlier error of this row was retried
@@ -80,6 +91,14 @@ class BatchTally:
     def usage(self) -> Usage:
         """Tokens as the result lines reported them."""
         return Usage(self.input_tokens, self.output_tokens, self.cache_creation, self.cache_read)
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """A rows file's positions: by custom_id sent, and the followers of each sent custom_id."""
+
+    sent: dict[str, int]
+    followers: dict[str, list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +165,14 @@ class Collector:
         """Download and journal every result of ``sub``'s ended batch, then log it collected."""
         assert sub.batch_id is not None
         rows = read_rows(self.log.rows_path(sub.key))
-        index = {custom_id: i for i, custom_id in enumerate(rows.column("custom_id").to_pylist())}
+        index: dict[str, int] = {}  # custom_id sent -> its row in the rows file
+        followers: dict[str, list[int]] = {}  # leader custom_id -> rows that share its result
+        custom_ids = rows.column("custom_id").to_pylist()
+        for i, (custom_id, leader) in enumerate(zip(custom_ids, row_leaders(rows), strict=True)):
+            if leader is None:
+                index[custom_id] = i
+            else:
+                followers.setdefault(leader, []).append(i)
         values_type = rows.schema.field("values").type
         input_schema = pa.schema([values_type.field(i) for i in range(values_type.num_fields)])
         request = stored_request(sub)
@@ -156,7 +182,7 @@ class Collector:
         try:
             for attempt in range(1, RESULT_ATTEMPTS + 1):
                 try:
-                    await self._download(sub, rows, index, seen, journal, request)
+                    await self._download(sub, rows, _Index(index, followers), seen, journal, request)
                     break
                 except RetryableApiError as exc:
                     if attempt == RESULT_ATTEMPTS:
@@ -171,13 +197,17 @@ class Collector:
         sub.phase = "collected"
         missing = len(index) - len(seen)
         if missing:
-            log.warning("%s: %d rows had no result line; they will be submitted again", sub.batch_id, missing)
+            log.warning(
+                "%s: %d requests had no result line; their rows will be submitted again",
+                sub.batch_id,
+                missing,
+            )
 
     async def _download(
         self,
         sub: Submission,
         rows: pa.Table,
-        index: dict[str, int],
+        index: _Index,
         seen: set[str],
         journal: Journal,
         request: RequestSpec | None,
@@ -193,7 +223,7 @@ class Collector:
                 except ValueError as exc:
                     log.warning("%s: skipping a result line: %s", sub.batch_id, exc)
                     continue
-                if outcome.custom_id not in index:
+                if outcome.custom_id not in index.sent:
                     raise ForeignBatch(
                         f"batch {sub.batch_id} holds custom_id {outcome.custom_id!r}, which submission "
                         f"{sub.key} never sent; it is not this output's batch"
@@ -211,27 +241,40 @@ class Collector:
         self,
         sub: Submission,
         rows: pa.Table,
-        index: dict[str, int],
+        index: _Index,
         chunk: list[Outcome],
         journal: Journal,
         request: RequestSpec | None,
     ) -> None:
         if not chunk:
             return
-        picked = rows.take(pa.array([index[o.custom_id] for o in chunk], type=pa.int64()))
+        positions = [index.sent[o.custom_id] for o in chunk]
+        # followers right after their leader's rows: one take reads every row the chunk writes
+        shared = [index.followers.get(o.custom_id, []) for o in chunk]
+        picked = rows.take(pa.array(positions + [p for group in shared for p in group], type=pa.int64()))
         row_ids = picked.column("row_id").to_pylist()
         row_indexes = picked.column("row_index").to_pylist()
         hashes = picked.column("row_hash").to_pylist()
         attempts = picked.column("attempt").to_pylist()
         values = picked.column("values").to_pylist()
+
+        def row_at(i: int) -> Row:
+            return Row(row_indexes[i], row_ids[i], values[i] or {}, hashes[i] or "")
+
         now = datetime.now(UTC)
         results: list[Result] = []
+        follower = len(chunk)  # where the next leader's followers start in ``picked``
         for i, outcome in enumerate(chunk):
+            group = range(follower, follower + len(shared[i]))
+            follower += len(shared[i])
             if outcome.kind == "canceled":
-                self.tally.canceled += 1
+                # not done, and neither are its followers: all are submitted again
+                self.tally.canceled += 1 + len(group)
                 continue
-            row = Row(row_indexes[i], row_ids[i], values[i] or {}, hashes[i] or "")
-            results.append(self._result(sub, row, attempts[i], outcome, now, request))
+            result = self._result(sub, row_at(i), attempts[i], outcome, now, request)
+            results.append(result)
+            results.extend(shared_result(result, row_at(j)) for j in group)
+        # a leader and its followers reach the journal in one batch: a crash keeps all or none
         journal.append(results)
         for result in results:
             self.tally.add(result)

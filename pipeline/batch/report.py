@@ -18,6 +18,11 @@ def batch_text(outcome: BatchOutcome) -> str:
         f" {outcome.submitted_rows} rows submitted in {outcome.submitted_batches} batches"
         f" ({summary.rows_skipped} already done, skipped) in {summary.wall_s:.1f}s",
     ]
+    if summary.rows_shared:
+        lines.append(
+            f"{summary.rows_shared} rows answered by an identical request of another row (dedupe),"
+            " no request of their own"
+        )
     if summary.errors_by_type:
         parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
         lines.append(f"errors by type: {parts}")
@@ -36,7 +41,9 @@ def batch_text(outcome: BatchOutcome) -> str:
 
 def pending_line(outcome: BatchOutcome) -> str:
     """``batch: ... collected; pending: N batches (M rows): ids`` or ``...; nothing pending``."""
-    done = f"batch: {outcome.submitted_batches} submitted ({outcome.submitted_rows} rows), "
+    shared = outcome.submitted_rows - outcome.submitted_requests
+    requests = f", {outcome.submitted_requests} requests" if shared else ""
+    done = f"batch: {outcome.submitted_batches} submitted ({outcome.submitted_rows} rows{requests}), "
     done += f"{outcome.collected_batches} collected"
     if outcome.exhausted:
         done += f", {outcome.exhausted} rows left as errors after [batch] max_attempts"

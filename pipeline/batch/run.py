@@ -42,7 +42,9 @@ from pipeline.batch.api import BatchApiConfig, BatchesApi, BatchInfo, CreateUnco
 from pipeline.batch.collect import BatchTally, Collector, ForeignBatch
 from pipeline.batch.state import BatchLog, Submission, pending_row_ids, utc_now
 from pipeline.batch.submit import Submitter, Target, job_record, prior_attempts
+from pipeline.build import request_key
 from pipeline.errors import ConfigError, FatalApiError, OutputError, PermanentApiError, RowError
+from pipeline.gallery import note_job
 from pipeline.lock import locked_output
 from pipeline.prices import describe_price, price_for
 from pipeline.reader import SourcedRow, iter_rows
@@ -89,7 +91,8 @@ class BatchOutcome:
     output: Path
     results_rows: int
     submitted_batches: int
-    submitted_rows: int
+    submitted_rows: int  # followers (dedupe) included
+    submitted_requests: int  # requests in their bodies: fewer than the rows when some were identical
     collected_batches: int
     pending: tuple[Submission, ...]
     pending_rows: int
@@ -104,6 +107,7 @@ class BatchOutcome:
         return {
             "submitted_batches": self.submitted_batches,
             "submitted_rows": self.submitted_rows,
+            "submitted_requests": self.submitted_requests,
             "collected_batches": self.collected_batches,
             "pending_batches": [sub.label() for sub in self.pending],
             "pending_rows": self.pending_rows,
@@ -172,7 +176,13 @@ async def cancel_batches(
             for sub in batch_log.submissions():
                 if sub.phase != "submitted" or sub.batch_id is None:
                     continue
-                info = await api.retrieve(sub.batch_id)
+                try:
+                    info = await api.retrieve(sub.batch_id)
+                except PermanentApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    lines.append(not_found_message(options.output, sub, options.base_url))
+                    continue
                 if info.ended:
                     lines.append(f"{sub.batch_id}: already ended; collect it with pipeline batch collect")
                     continue
@@ -182,6 +192,49 @@ async def cancel_batches(
     if not lines:
         lines.append("nothing is pending")
     return lines
+
+
+def not_found_message(output: Path, sub: Submission, base_url: str) -> str:
+    """What to do about a batch the API says does not exist (the key, the URL, or ``batch forget``)."""
+    return (
+        f"batch {sub.batch_id} is not found at {base_url} (it was submitted to {sub.base_url}); check the"
+        f" key and --base-url; if it is gone for good, `pipeline batch forget {output} {sub.batch_id}`"
+        " lets the next run submit its rows again"
+    )
+
+
+def find_pending(output: Path, ident: str) -> Submission:
+    """The open submission whose batch id or key is ``ident``; ConfigError naming what is pending else."""
+    submissions = BatchLog(output).submissions()
+    if not submissions:
+        raise OutputError(f"{output}: nothing was submitted in batch mode from here")
+    found = [sub for sub in submissions if ident in (sub.batch_id, sub.key)]
+    if not found:
+        still_open = [sub.batch_id or sub.key for sub in submissions if sub.open]
+        pending = f"pending: {', '.join(still_open[:5])}" if still_open else "nothing is pending"
+        raise ConfigError(f"{output} has no batch or submission key {ident!r} ({pending})")
+    sub = found[-1]
+    if not sub.open:
+        raise ConfigError(f"{sub.batch_id or sub.key} is not pending (it is {sub.phase}); nothing to forget")
+    return sub
+
+
+def forget_batch(output: Path, ident: str) -> Submission:
+    """Log an open submission as abandoned by hand, so its rows may be submitted again.
+
+    For a batch the API no longer knows (a 404 on retrieve), which otherwise stops every invocation.
+    Nothing is sent: if the batch does exist somewhere, its rows may be paid twice (the CLI warns).
+    """
+    with locked_output(output):  # not while a run is collecting or submitting
+        sub = find_pending(output, ident)
+        BatchLog(output).append(
+            "abandoned",
+            sub.key,
+            batch_id=sub.batch_id,
+            forgotten=True,
+            reason="forgotten by `pipeline batch forget`",
+        )
+    return sub
 
 
 async def batch_status(
@@ -198,7 +251,9 @@ async def batch_status(
                     try:
                         infos[sub.key] = await api.retrieve(sub.batch_id)
                     except (PermanentApiError, OutputError) as exc:
-                        infos[sub.key] = str(exc)
+                        gone = isinstance(exc, PermanentApiError) and exc.status == 404
+                        problem = not_found_message(output, sub, options.base_url) if gone else str(exc)
+                        infos[sub.key] = problem
     rows: list[dict[str, Any]] = []
     for sub in submissions:
         entry: dict[str, Any] = {
@@ -246,7 +301,8 @@ class _Engine:
         self.notes: list[str] = []
         self.stop = asyncio.Event()
         self.submitted: list[Submission] = []
-        self.submitted_rows = 0
+        self.submitted_rows = 0  # rows in submitted batches, followers (dedupe) included
+        self.submitted_requests = 0  # requests in their bodies
         self.collected = 0
         self.skipped = 0
         self.exhausted = 0
@@ -391,8 +447,7 @@ class _Engine:
                     )
                     continue
                 raise ConfigError(
-                    f"batch {sub.batch_id} is not found at {self.options.base_url} (it was submitted to "
-                    f"{sub.base_url}); check the key and --base-url"
+                    not_found_message(self.options.output, sub, self.options.base_url)
                 ) from None
             self._progress[sub.key] = info
             if not info.ended:
@@ -436,14 +491,16 @@ class _Engine:
             max_bytes=self.settings.max_bytes,
         )
         schema = output_schema(table.arrow_schema, spec.request)
+        note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
         slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
+        dedupes = spec.request.dedupes
         rows = iter_rows(table, limit=options.limit)
         try:
             async with httpx.AsyncClient(
                 follow_redirects=True, headers={"user-agent": "pipeline/0.1"}
             ) as http:
 
-                async def prepare(sourced: SourcedRow) -> MessagePayload | RowError:
+                async def prepare(sourced: SourcedRow) -> tuple[MessagePayload, str | None] | RowError:
                     async def load(cell: str, base_dir: Path) -> bytes:
                         return await load_image(
                             cell,
@@ -462,7 +519,13 @@ class _Engine:
                         except Exception as exc:
                             log.exception("unexpected error preparing row %s", sourced.row.row_id)
                             return RowError(str(exc) or type(exc).__name__, error_type=type(exc).__name__)
-                        return payload
+                        if not dedupes:
+                            return payload, None
+                        # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
+                        has_images = len(payload["messages"][0]["content"]) > 1
+                        if has_images:
+                            return payload, await asyncio.to_thread(request_key, payload)
+                        return payload, request_key(payload)
 
                 while not self.stop.is_set() and (batch := await asyncio.to_thread(_take, rows)):
                     todo: list[tuple[SourcedRow, int]] = []
@@ -483,9 +546,11 @@ class _Engine:
                     prepared = await asyncio.gather(*(prepare(sourced) for sourced, _ in todo))
                     for (sourced, attempt), made in zip(todo, prepared, strict=True):
                         failure = made if isinstance(made, RowError) else None
-                        if failure is None:
+                        if not isinstance(made, RowError):
+                            payload, key = made
                             try:
-                                await submitter.add(sourced.row, made, attempt)  # type: ignore[arg-type]
+                                # identical requests in one batch are sent once (dedupe, as in realtime mode)
+                                await submitter.add(sourced.row, payload, attempt, key=key)
                             except RowError as exc:
                                 failure = exc
                         if failure is not None:
@@ -500,6 +565,7 @@ class _Engine:
             self._passes += 1
             self.submitted.extend(submitter.submitted)
             self.submitted_rows += submitter.rows_submitted
+            self.submitted_requests += submitter.requests_submitted
             if self._journal is not None:
                 # closed before the next compaction, which folds (and deletes) every journal
                 self._journal.close()
@@ -556,11 +622,12 @@ class _Engine:
             rows_skipped=self.skipped,
             errors_by_type=dict(tally.errors_by_type),
             usage=usage,
-            requests_sent=self.submitted_rows,
+            requests_sent=self.submitted_requests,
             retries=0,
             wall_s=time.monotonic() - started,
             cost_usd=price.cost_usd(usage, batch=True, cache_ttl=ttl) if price is not None else None,
             priced_as=priced_as,
+            rows_shared=tally.shared,
         )
         return BatchOutcome(
             summary=summary,
@@ -568,6 +635,7 @@ class _Engine:
             results_rows=results_rows,
             submitted_batches=len(self.submitted),
             submitted_rows=self.submitted_rows,
+            submitted_requests=self.submitted_requests,
             collected_batches=self.collected,
             pending=still_open,
             pending_rows=len(pending_ids),

@@ -4,7 +4,7 @@ Layout (inside the output directory)::
 
     .batches/log.jsonl            append-only event log, one JSON object a line, fsynced per line
     .batches/<key>.rows.arrow     the rows of one submission: custom_id, row id/index/hash, attempt,
-                                  and the row's input cells (types kept), written before the intent
+                                  leader, and the row's input cells (types kept), written before the intent
 
 Events, in the order a submission lives through them:
 
@@ -14,8 +14,9 @@ Events, in the order a submission lives through them:
 - ``submitted``: the batch id the API returned (or, for an orphan, the id found by listing; see
   :func:`match_orphans`).
 - ``collected``: every result line was journalled (and the journal fsynced).
-- ``abandoned``: no batch exists for the intent (the POST was refused, or never arrived); its rows
-  may be submitted again. ``lost``: a sandbox batch whose server is gone.
+- ``abandoned``: no batch exists for the intent (the POST was refused, or never arrived), or
+  ``pipeline batch forget`` gave it up (``"forgotten": true``: the API no longer knows the batch);
+  its rows may be submitted again. ``lost``: a sandbox batch whose server is gone.
 - ``cancel``: ``pipeline batch cancel`` asked the API to cancel it.
 
 A torn last line (the process died mid-write) is ignored. The log is replayed into
@@ -25,6 +26,12 @@ A torn last line (the process died mid-write) is ignored. The log is replayed in
 ``custom_id``: the row id itself when it matches ``^[a-zA-Z0-9_-]{1,64}$`` and is not used yet in the
 batch, else ``h_`` plus a hash of the row id (then ``i<index>_`` plus the hash on a clash). The rows
 file maps every custom_id back to its row, so the mapping is exact whatever the ids look like.
+
+``leader`` (dedupe): null for a row whose request is in the batch body; for a *follower*, a row whose
+request is identical to an earlier row's of the same submission, the leader's custom_id. A follower
+has a custom_id of its own (unique in the file) that is never sent: its row gets the leader's result.
+Rows files written before followers existed have no ``leader`` column; every row there is sent
+(:func:`row_leaders`).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ ROW_FIELDS = [
     pa.field("row_index", pa.int64(), nullable=False),
     pa.field("row_hash", pa.string()),
     pa.field("attempt", pa.int32(), nullable=False),
+    pa.field("leader", pa.string()),  # the leader's custom_id for a follower (not in the body), else null
 ]
 Phase = Literal["unconfirmed", "submitted", "collected", "abandoned", "lost"]
 OPEN_PHASES = frozenset({"unconfirmed", "submitted"})
@@ -232,9 +240,16 @@ class RowsWriter:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def add(
-        self, custom_id: str, row_id: str, index: int, row_hash: str, attempt: int, values: Mapping[str, Any]
+        self,
+        custom_id: str,
+        row_id: str,
+        index: int,
+        row_hash: str,
+        attempt: int,
+        values: Mapping[str, Any],
+        leader: str | None = None,
     ) -> None:
-        """Add one row (written in batches)."""
+        """Add one row (written in batches); ``leader`` is the custom_id whose result a follower shares."""
         self._pending.append(
             {
                 "custom_id": custom_id,
@@ -242,6 +257,7 @@ class RowsWriter:
                 "row_index": index,
                 "row_hash": row_hash,
                 "attempt": attempt,
+                "leader": leader,
                 "values": dict(values),
             }
         )
@@ -286,6 +302,14 @@ def read_rows(path: Path, columns: list[str] | None = None) -> pa.Table:
     except (OSError, pa.ArrowInvalid) as exc:
         raise OutputError(f"cannot read {path}: {exc}") from None
     return table.select(columns) if columns is not None else table
+
+
+def row_leaders(rows: pa.Table) -> list[str | None]:
+    """Each row's leader custom_id (None: its request is in the batch), for old rows files too."""
+    if "leader" not in rows.schema.names:
+        return [None] * rows.num_rows  # written before dedupe in batch mode: every row was sent
+    leaders: list[str | None] = rows.column("leader").to_pylist()
+    return leaders
 
 
 def fsync_path(path: Path) -> None:

@@ -6,6 +6,11 @@ Items are appended to a request body on disk (``.batches/<key>.body.json``), so 
 never held in memory; a batch is closed and sent when the next item would take it over
 ``[batch] max_requests`` or ``max_bytes``, counted on the exact bytes sent.
 
+Dedupe (``request.dedupes``, as in realtime mode): a row whose request key equals that of a row
+already in the batch being filled is not put in the body; it goes into the rows file as a follower
+of that row's custom_id, and collecting gives it the leader's result (:mod:`pipeline.batch.collect`).
+Followers take no room in the batch and are pending with it, so they are never submitted twice.
+
 Before the create POST, the submission's rows file and its ``intent`` are on disk (fsynced); the
 batch id is logged the moment the API answers. See :mod:`pipeline.batch.state` for what happens to
 an intent whose answer never came.
@@ -72,23 +77,34 @@ def batch_item(custom_id: str, payload: MessagePayload) -> bytes:
 
 
 def prior_attempts(store: ResultStore, fingerprint: str) -> dict[str, int]:
-    """row_id -> batch attempts already made, for rows whose latest result is a batch error."""
+    """row_id -> batch attempts already made, for rows whose latest result is a batch error.
+
+    A row that shared its leader's error (``shared_request_with``, attempts 0) counts the leader's
+    attempts: it was sent as often as its leader, so ``max_attempts`` stops both together.
+    """
     if not store.results_path.exists():
         return {}
     try:
+        scan = pl.scan_parquet(store.results_path)
+        # outputs written before dedupe existed have no shared_request_with column
+        has_shared = "shared_request_with" in scan.collect_schema().names()
+        shared = pl.col("shared_request_with") if has_shared else pl.lit(None, dtype=pl.String)
         frame = (
-            pl.scan_parquet(store.results_path)
-            .filter(
+            scan.filter(
                 (pl.col("status") == "error")
                 & (pl.col("request_fingerprint") == fingerprint)
                 & pl.col("error_message").fill_null("").str.starts_with(ERROR_PREFIX)
             )
-            .select("row_id", pl.col("attempts").fill_null(0))
+            .select("row_id", pl.col("attempts").fill_null(0), shared.alias("shared"))
             .collect()
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise OutputError(f"cannot read {store.results_path}: {exc}") from None
-    return dict(zip(frame["row_id"].to_list(), frame["attempts"].to_list(), strict=True))
+    attempts = dict(zip(frame["row_id"].to_list(), frame["attempts"].to_list(), strict=True))
+    for row_id, leader in zip(frame["row_id"].to_list(), frame["shared"].to_list(), strict=True):
+        if leader is not None:
+            attempts[row_id] = attempts.get(leader, attempts[row_id])
+    return attempts
 
 
 @dataclass(slots=True)
@@ -99,9 +115,11 @@ class _Open:
     spool: Path
     handle: IO[bytes]
     rows: RowsWriter
-    count: int = 0
+    count: int = 0  # requests in the body
     size: int = len(BODY_PREFIX) + len(BODY_SUFFIX)
     used: set[str] = field(default_factory=set)
+    leaders: dict[str, str] = field(default_factory=dict)  # request key -> custom_id in the body
+    followers: int = 0  # rows that share a leader's request
 
 
 class Submitter:
@@ -124,7 +142,8 @@ class Submitter:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.submitted: list[Submission] = []
-        self.rows_submitted = 0
+        self.rows_submitted = 0  # rows in submitted batches, followers included
+        self.requests_submitted = 0  # requests in their bodies (what is paid for)
         self._open: _Open | None = None
         self._sequence = 0
 
@@ -132,12 +151,22 @@ class Submitter:
         """Whether one item fits in an empty batch at all."""
         return len(BODY_PREFIX) + len(item) + len(BODY_SUFFIX) <= self.max_bytes
 
-    async def add(self, row: Row, payload: MessagePayload, attempt: int) -> None:
-        """Add a row's request; sends the current batch first when this one would not fit."""
+    async def add(self, row: Row, payload: MessagePayload, attempt: int, key: str | None = None) -> None:
+        """Add a row's request; sends the current batch first when this one would not fit.
+
+        With a request ``key`` (dedupe on), a row whose key a row of the current batch already sent
+        becomes that row's follower: recorded in the rows file, not in the body.
+        """
         current = self._open
         if current is None:
             current = self._start()
         custom_id = custom_id_for(row.row_id, row.index, current.used)
+        leader = current.leaders.get(key) if key is not None else None
+        if leader is not None:
+            current.used.add(custom_id)
+            current.rows.add(custom_id, row.row_id, row.index, row.content_hash, attempt, row.values, leader)
+            current.followers += 1
+            return
         item = batch_item(custom_id, payload)
         if not self.fits_alone(item):
             raise RowError(
@@ -160,6 +189,8 @@ class Submitter:
         current.size += len(item)
         current.count += 1
         current.rows.add(custom_id, row.row_id, row.index, row.content_hash, attempt, row.values)
+        if key is not None:
+            current.leaders[key] = custom_id
 
     async def finish(self) -> None:
         """Send the batch being filled, if any."""
@@ -224,7 +255,7 @@ class Submitter:
             info = await self.api.create(current.spool)
         except CreateUnconfirmed:
             self.submitted.append(submission)  # maybe submitted: its rows stay pending
-            self.rows_submitted += current.count
+            self._count(current)
             raise
         except BaseException as exc:
             # refused by the server (or stopped before an answer could matter): no batch exists
@@ -244,5 +275,10 @@ class Submitter:
         submission.batch_id = info.id
         submission.phase = "submitted"
         self.submitted.append(submission)
-        self.rows_submitted += current.count
-        log.info("submitted %s: %d requests, %.1f MB", info.id, current.count, current.size / 1e6)
+        self._count(current)
+        shared = f" (+{current.followers} rows sharing them)" if current.followers else ""
+        log.info("submitted %s: %d requests%s, %.1f MB", info.id, current.count, shared, current.size / 1e6)
+
+    def _count(self, current: _Open) -> None:
+        self.rows_submitted += current.count + current.followers
+        self.requests_submitted += current.count
