@@ -125,7 +125,8 @@ def refuse_pending_batches(output: Path) -> None:
 
 def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
     """Options for the batch commands, from what OUTPUT recorded (never the key: that comes from the env)."""
-    from pipeline.batch.run import BatchOptions, connection
+    from pipeline.batch.manage import connection
+    from pipeline.batch.run import BatchOptions
 
     stored = connection(output)
     if stored.get("sandbox") and base_url is None:
@@ -166,7 +167,7 @@ _BASE_URL_HELP = "API base URL; default: the one the batches were submitted to."
 @expected_errors
 def batch_status(output: Path, base_url: str | None, offline: bool, as_json: bool) -> None:
     """List OUTPUT's batches: pending ones with their processing status and counts."""
-    from pipeline.batch.run import batch_status as read_batches
+    from pipeline.batch.manage import batch_status as read_batches
 
     options = None if offline else _stored_options(output, base_url)
     entries = asyncio.run(read_batches(output, options))
@@ -243,7 +244,7 @@ def batch_forget(output: Path, batch_id: str, yes: bool) -> None:
     --offline` lists both). Nothing is sent to the API. If the batch still exists (under another key
     or workspace, or at another base URL), its rows may be paid twice: check first, then pass --yes.
     """
-    from pipeline.batch.run import find_pending, forget_batch
+    from pipeline.batch.manage import find_pending, forget_batch
 
     sub = find_pending(output, batch_id)
     if not yes:

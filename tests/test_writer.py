@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import writer
+from pipeline import compaction, writer
 from pipeline.errors import OutputError
 from pipeline.lock import locked_output
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
@@ -162,7 +162,7 @@ def test_compaction_matches_the_in_memory_merge_across_row_groups(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Old results plus two out-of-order journals fold exactly as the in-memory merge, step by step."""
-    monkeypatch.setattr(writer, "FOLD_ROWS", 7)  # many steps, row groups and copied batches
+    monkeypatch.setattr(compaction, "FOLD_ROWS", 7)  # many steps, row groups and copied batches
     rng = random.Random(5)
     store = ResultStore(tmp_path)
     store.prepare()
@@ -192,7 +192,7 @@ def test_compaction_reads_an_old_single_row_group_file_in_steps(
     store.compact()
     pl.read_parquet(store.results_path).write_parquet(store.results_path, row_group_size=1000)
     assert pq.ParquetFile(store.results_path).metadata.num_row_groups == 1
-    monkeypatch.setattr(writer, "FOLD_ROWS", 7)
+    monkeypatch.setattr(compaction, "FOLD_ROWS", 7)
     _journal(store, [_result(i, "error", seconds=1) for i in (3, 17, 49)])
     expected = store.snapshot()
     assert expected is not None

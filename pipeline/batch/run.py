@@ -40,10 +40,11 @@ import httpx
 
 from pipeline.batch.api import BatchApiConfig, BatchesApi, BatchInfo, CreateUnconfirmed
 from pipeline.batch.collect import BatchTally, Collector, ForeignBatch
+from pipeline.batch.manage import not_found_message
 from pipeline.batch.state import BatchLog, Submission, pending_row_ids, utc_now
 from pipeline.batch.submit import Submitter, Target, job_record, prior_attempts
 from pipeline.build import request_key
-from pipeline.errors import ConfigError, FatalApiError, OutputError, PermanentApiError, RowError
+from pipeline.errors import ConfigError, FatalApiError, PermanentApiError, RowError
 from pipeline.gallery import note_job
 from pipeline.lock import locked_output
 from pipeline.prices import describe_price, price_for
@@ -116,16 +117,6 @@ class BatchOutcome:
         }
 
 
-def connection(output: Path) -> dict[str, Any]:
-    """Where the latest submission from ``output`` went (base URL, key variable, auth...)."""
-    batch_log = BatchLog(output)
-    submissions = batch_log.submissions()
-    if not submissions:
-        raise OutputError(f"{output}: nothing was submitted in batch mode from here (no {batch_log.path})")
-    latest = submissions[-1]
-    return {**latest.job, "base_url": latest.base_url, "sandbox": latest.sandbox}
-
-
 async def run_batch(
     spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> BatchOutcome:
@@ -192,91 +183,6 @@ async def cancel_batches(
     if not lines:
         lines.append("nothing is pending")
     return lines
-
-
-def not_found_message(output: Path, sub: Submission, base_url: str) -> str:
-    """What to do about a batch the API says does not exist (the key, the URL, or ``batch forget``)."""
-    return (
-        f"batch {sub.batch_id} is not found at {base_url} (it was submitted to {sub.base_url}); check the"
-        f" key and --base-url; if it is gone for good, `pipeline batch forget {output} {sub.batch_id}`"
-        " lets the next run submit its rows again"
-    )
-
-
-def find_pending(output: Path, ident: str) -> Submission:
-    """The open submission whose batch id or key is ``ident``; ConfigError naming what is pending else."""
-    submissions = BatchLog(output).submissions()
-    if not submissions:
-        raise OutputError(f"{output}: nothing was submitted in batch mode from here")
-    found = [sub for sub in submissions if ident in (sub.batch_id, sub.key)]
-    if not found:
-        still_open = [sub.batch_id or sub.key for sub in submissions if sub.open]
-        pending = f"pending: {', '.join(still_open[:5])}" if still_open else "nothing is pending"
-        raise ConfigError(f"{output} has no batch or submission key {ident!r} ({pending})")
-    sub = found[-1]
-    if not sub.open:
-        raise ConfigError(f"{sub.batch_id or sub.key} is not pending (it is {sub.phase}); nothing to forget")
-    return sub
-
-
-def forget_batch(output: Path, ident: str) -> Submission:
-    """Log an open submission as abandoned by hand, so its rows may be submitted again.
-
-    For a batch the API no longer knows (a 404 on retrieve), which otherwise stops every invocation.
-    Nothing is sent: if the batch does exist somewhere, its rows may be paid twice (the CLI warns).
-    """
-    with locked_output(output):  # not while a run is collecting or submitting
-        sub = find_pending(output, ident)
-        BatchLog(output).append(
-            "abandoned",
-            sub.key,
-            batch_id=sub.batch_id,
-            forgotten=True,
-            reason="forgotten by `pipeline batch forget`",
-        )
-    return sub
-
-
-async def batch_status(
-    output: Path, options: BatchOptions | None, *, transport: httpx.AsyncBaseTransport | None = None
-) -> list[dict[str, Any]]:
-    """Every submission of an output directory; open ones are retrieved when ``options`` allow it."""
-    submissions = BatchLog(output).submissions()
-    infos: dict[str, BatchInfo | str] = {}
-    if options is not None:
-        config = BatchApiConfig(options.base_url, options.api_key, options.auth, options.anthropic_version)
-        async with BatchesApi(config, transport=transport) as api:
-            for sub in submissions:
-                if sub.phase == "submitted" and sub.batch_id is not None:
-                    try:
-                        infos[sub.key] = await api.retrieve(sub.batch_id)
-                    except (PermanentApiError, OutputError) as exc:
-                        gone = isinstance(exc, PermanentApiError) and exc.status == 404
-                        problem = not_found_message(output, sub, options.base_url) if gone else str(exc)
-                        infos[sub.key] = problem
-    rows: list[dict[str, Any]] = []
-    for sub in submissions:
-        entry: dict[str, Any] = {
-            "key": sub.key,
-            "batch_id": sub.batch_id,
-            "state": sub.phase,
-            "requests": sub.requests,
-            "submitted_at": sub.intent_at.isoformat(timespec="seconds"),
-            "adopted": sub.adopted,
-            "cancel_requested": sub.cancel_requested,
-        }
-        found = infos.get(sub.key)
-        if isinstance(found, BatchInfo):
-            entry["processing_status"] = found.processing_status
-            entry["request_counts"] = found.request_counts
-        elif isinstance(found, str):
-            entry["problem"] = found
-        if sub.phase == "collected":
-            entry["request_counts"] = sub.counts
-        if sub.note:
-            entry["note"] = sub.note
-        rows.append(entry)
-    return rows
 
 
 class _Engine:
