@@ -198,7 +198,10 @@ def status_text(status: OutputStatus) -> str:
         f"{count} {name.removesuffix('_tokens').replace('_', ' ')}" for name, count in status.tokens.items()
     )
     lines.append(f"tokens: {tokens or 'none yet'}")
-    lines.append(cost_line(status.cost_usd, status.priced_as))
+    if status.ok or status.error:
+        lines.append(cost_line(status.cost_usd, status.priced_as))
+    else:
+        lines.append("cost: $0 (no answers yet)")
     pending = status.pending
     if pending.batches:
         ids = ", ".join(pending.ids[:PENDING_IDS_SHOWN])
