@@ -17,12 +17,10 @@ import click
 
 from pipeline.cli_batch import batch, refuse_pending_batches, run_batch_mode
 from pipeline.cli_support import (
-    EXIT_CANNOT_RUN,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROW_ERRORS,
-    EXIT_TERMINATED,
     api_key_for,
+    exit_code,
     expected_errors,
     fail,
     server_url,
@@ -149,14 +147,13 @@ def run(
         outcome = asyncio.run(run_job(spec, options))
     summary = outcome.summary
     sent = summary.rows_ok + summary.rows_error
-    if outcome.fatal is not None:
-        code = EXIT_CANNOT_RUN
-    elif outcome.interrupted is not None:
-        code = EXIT_TERMINATED if outcome.interrupted == "SIGTERM" else EXIT_INTERRUPTED
-    elif summary.rows_error and summary.rows_error / sent > max_error_rate:
-        code = EXIT_ROW_ERRORS
-    else:
-        code = EXIT_OK
+    code = exit_code(
+        fatal=outcome.fatal,
+        interrupted=outcome.interrupted,
+        errors=summary.rows_error,
+        decided=sent,
+        max_error_rate=max_error_rate,
+    )
     results = outcome.output / "results.parquet"
     click.echo(summary_text(summary, output=str(results)), err=True)
     if as_json:

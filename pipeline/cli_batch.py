@@ -15,13 +15,10 @@ from typing import Any, NoReturn
 import click
 
 from pipeline.cli_support import (
-    EXIT_CANNOT_RUN,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_ROW_ERRORS,
-    EXIT_TERMINATED,
     SANDBOX_KEY,
     api_key_for,
+    exit_code,
     expected_errors,
     fail,
     server_url,
@@ -85,14 +82,13 @@ def _finish_batch(outcome: Any, *, base_url: str, max_error_rate: float, as_json
 
     summary = outcome.summary
     decided = summary.rows_ok + outcome.final_errors
-    if outcome.fatal is not None:
-        code = EXIT_CANNOT_RUN
-    elif outcome.interrupted is not None:
-        code = EXIT_TERMINATED if outcome.interrupted == "SIGTERM" else EXIT_INTERRUPTED
-    elif outcome.final_errors and outcome.final_errors / decided > max_error_rate:
-        code = EXIT_ROW_ERRORS
-    else:
-        code = EXIT_OK
+    code = exit_code(
+        fatal=outcome.fatal,
+        interrupted=outcome.interrupted,
+        errors=outcome.final_errors,
+        decided=decided,
+        max_error_rate=max_error_rate,
+    )
     for note in outcome.notes:
         click.echo(f"pipeline: {note}", err=True)
     click.echo(batch_text(outcome), err=True)

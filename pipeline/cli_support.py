@@ -23,6 +23,22 @@ SANDBOX_KEY = "sk-sandbox-not-a-real-key"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def exit_code(
+    *, fatal: object, interrupted: str | None, errors: int, decided: int, max_error_rate: float
+) -> int:
+    """The README's exit code for a finished invocation: fatal 2, signal 130/143, too many errors 1, else 0.
+
+    ``errors`` of the ``decided`` rows are final errors; up to ``max_error_rate`` of them still exit 0.
+    """
+    if fatal is not None:
+        return EXIT_CANNOT_RUN
+    if interrupted is not None:
+        return EXIT_TERMINATED if interrupted == "SIGTERM" else EXIT_INTERRUPTED
+    if errors and errors / decided > max_error_rate:
+        return EXIT_ROW_ERRORS
+    return EXIT_OK
+
+
 def fail(message: str, code: int = EXIT_CANNOT_RUN) -> NoReturn:
     """Print the one-line error and exit with ``code``."""
     click.echo(f"pipeline: error: {message}", err=True)

@@ -214,14 +214,7 @@ class MessagesClient:
         :param input_tokens: the caller's estimate, acquired from the input budget before sending.
         """
         self._require_open()  # fail before any waiting, not after the first backoff
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableApiError),
-            stop=stop_after_attempt(self.config.max_attempts),
-            wait=self._wait,
-            sleep=self._sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
+        retrying = self._retrying()
         sent: Sent | None = None
         async for attempt in retrying:
             with attempt:
@@ -242,7 +235,16 @@ class MessagesClient:
             # its own bucket: count_tokens has a limit apart from the Messages limits (reference §6)
             self._count_pacer = Pacer(self.config.requests_per_minute)
         body = {key: value for key, value in payload.items() if key in COUNT_TOKENS_FIELDS}
-        retrying = AsyncRetrying(
+        retrying = self._retrying()
+        counted = 0
+        async for attempt in retrying:
+            with attempt:
+                counted = await self._count_once(body, attempt.retry_state.attempt_number)
+        return counted
+
+    def _retrying(self) -> AsyncRetrying:
+        """The retry policy of every request: retryable errors only, bounded attempts, server-led waits."""
+        return AsyncRetrying(
             retry=retry_if_exception_type(RetryableApiError),
             stop=stop_after_attempt(self.config.max_attempts),
             wait=self._wait,
@@ -250,11 +252,6 @@ class MessagesClient:
             before_sleep=self._before_sleep,
             reraise=True,
         )
-        counted = 0
-        async for attempt in retrying:
-            with attempt:
-                counted = await self._count_once(body, attempt.retry_state.attempt_number)
-        return counted
 
     async def _count_once(self, body: dict[str, Any], number: int) -> int:
         http, gate, _, slots = self._require_open()

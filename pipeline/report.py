@@ -3,9 +3,46 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.records import Summary
+from pipeline.records import Result, Summary, Usage
+
+
+@dataclass(slots=True)
+class ResultTally:
+    """Results folded as they are recorded: counts, errors by type, shared rows, tokens."""
+
+    ok: int = 0
+    error: int = 0
+    errors_by_type: Counter[str] = field(default_factory=Counter)
+    shared: int = 0  # rows that got another row's result (dedupe), no request of their own
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation: int = 0
+    cache_read: int = 0
+
+    def add(self, result: Result) -> None:
+        """Count one recorded result."""
+        if result.shared_with is not None:
+            self.shared += 1
+        if result.status == "ok":
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors_by_type[result.error_type or "unknown"] += 1
+        if result.reply is not None:
+            usage = result.reply.usage
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+            self.cache_creation += usage.cache_creation_input_tokens
+            self.cache_read += usage.cache_read_input_tokens
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of the results counted so far, as the API reported them."""
+        return Usage(self.input_tokens, self.output_tokens, self.cache_creation, self.cache_read)
 
 
 def summary_dict(summary: Summary, *, output: str, exit_code: int) -> dict[str, Any]:
@@ -49,21 +86,8 @@ def summary_text(summary: Summary, *, output: str) -> str:
         f"{done} rows sent: {summary.rows_ok} ok, {summary.rows_error} error"
         f" ({summary.rows_skipped} already done, skipped) in {summary.wall_s:.1f}s ({rate:.1f} rows/s)",
     ]
-    if summary.rows_shared:
-        lines.append(
-            f"{summary.rows_shared} rows answered by an identical request of another row (dedupe),"
-            " not sent again"
-        )
-    if summary.errors_by_type:
-        parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
-        lines.append(f"errors by type: {parts}")
-    usage = summary.usage
-    tokens = f"tokens: {usage.input_tokens} input, {usage.output_tokens} output"
-    if usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
-        tokens += (
-            f", {usage.cache_creation_input_tokens} cache write, {usage.cache_read_input_tokens} cache read"
-        )
-    lines.append(f"{tokens}; {summary.requests_sent} requests, {summary.retries} retries")
+    lines += shared_and_error_lines(summary, shared="not sent again")
+    lines.append(f"{tokens_text(summary.usage)}; {summary.requests_sent} requests, {summary.retries} retries")
     lines.append(cost_line(summary.cost_usd, summary.priced_as))
     lines.append(f"results: {output}")
     return "\n".join(lines)
@@ -74,3 +98,26 @@ def cost_line(cost_usd: float | None, priced_as: str) -> str:
     if cost_usd is None:
         return f"cost: unknown ({priced_as})"
     return f"cost: ${cost_usd:,.4f} (at {priced_as})"
+
+
+def shared_and_error_lines(summary: Summary, *, shared: str) -> list[str]:
+    """The dedupe line (``shared`` says what became of those rows) and errors by type, when there are any."""
+    lines: list[str] = []
+    if summary.rows_shared:
+        lines.append(
+            f"{summary.rows_shared} rows answered by an identical request of another row (dedupe), {shared}"
+        )
+    if summary.errors_by_type:
+        parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
+        lines.append(f"errors by type: {parts}")
+    return lines
+
+
+def tokens_text(usage: Usage) -> str:
+    """``tokens: N input, M output`` plus cache writes and reads when there were any."""
+    tokens = f"tokens: {usage.input_tokens} input, {usage.output_tokens} output"
+    if usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
+        tokens += (
+            f", {usage.cache_creation_input_tokens} cache write, {usage.cache_read_input_tokens} cache read"
+        )
+    return tokens

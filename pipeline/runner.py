@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -31,7 +30,8 @@ from pipeline.prices import describe_price, price_for
 from pipeline.progress import Limits as ProgressLimits
 from pipeline.progress import Progress
 from pipeline.reader import InputTable, SourcedRow, iter_rows, open_input
-from pipeline.records import Result, Row, Sent, Summary, Usage
+from pipeline.records import Result, Row, Sent, Summary
+from pipeline.report import ResultTally
 from pipeline.shutdown import Shutdown
 from pipeline.sources import describe_cell, load_image
 from pipeline.spec import JobSpec, RequestSpec, template_fields
@@ -82,34 +82,11 @@ class _Work:
 
 
 @dataclass(slots=True)
-class _Tally:
-    """Running counts for the summary and the progress line."""
+class _Tally(ResultTally):
+    """Running counts for the summary and the progress line: the results, plus rows to do and skipped."""
 
     to_do: int = 0
     skipped: int = 0
-    ok: int = 0
-    error: int = 0
-    errors_by_type: Counter[str] = field(default_factory=Counter)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation: int = 0
-    cache_read: int = 0
-    shared: int = 0
-
-    def add(self, result: Result) -> None:
-        if result.shared_with is not None:
-            self.shared += 1
-        if result.status == "ok":
-            self.ok += 1
-        else:
-            self.error += 1
-            self.errors_by_type[result.error_type or "unknown"] += 1
-        if result.reply is not None:
-            usage = result.reply.usage
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
-            self.cache_creation += usage.cache_creation_input_tokens
-            self.cache_read += usage.cache_read_input_tokens
 
 
 class _Recorder:
@@ -125,32 +102,19 @@ class _Recorder:
         """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
         self._record(shared_result(leader, row))
 
-    def ok(self, row: Row, sent: Sent) -> None:
+    def answered(self, row: Row, sent: Sent, violation: str | None = None) -> None:
+        """A reply: ``ok``, or, when its tool input breaks the schema, an error row that keeps its tokens."""
         self._record(
             Result(
                 row=row,
-                status="ok",
+                status="ok" if violation is None else "error",
                 finished_at=datetime.now(UTC),
                 fingerprint=self.fingerprint,
                 reply=sent.reply,
                 attempts=sent.attempts,
                 latency_ms=round(sent.latency_ms, 1),
-            )
-        )
-
-    def violation(self, row: Row, sent: Sent, message: str) -> None:
-        """A reply whose tool input breaks its schema: an error row that keeps the tokens it cost."""
-        self._record(
-            Result(
-                row=row,
-                status="error",
-                finished_at=datetime.now(UTC),
-                fingerprint=self.fingerprint,
-                reply=sent.reply,
-                attempts=sent.attempts,
-                latency_ms=round(sent.latency_ms, 1),
-                error_type="schema_violation",
-                error_message=message,
+                error_type=None if violation is None else "schema_violation",
+                error_message=violation,
             )
         )
 
@@ -239,6 +203,7 @@ async def _run_locked(
         input_tokens_per_minute=limits.input_tokens_per_minute,
         output_tokens_per_minute=limits.output_tokens_per_minute,
     )
+    price = price_for(request.model, spec.prices)
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
@@ -254,7 +219,7 @@ async def _run_locked(
                         limits.input_tokens_per_minute,
                         limits.output_tokens_per_minute,
                     ),
-                    price=price_for(request.model, spec.prices),
+                    price=price,
                     cache_ttl=request.cache_ttl,
                     requests_sent=lambda: client.requests_sent,
                     reading_done=lambda: run.reading_done,
@@ -274,8 +239,7 @@ async def _run_locked(
     if stopped_by is not None:
         raise stopped_by
     tally = recorder.tally
-    usage = Usage(tally.input_tokens, tally.output_tokens, tally.cache_creation, tally.cache_read)
-    price = price_for(request.model, spec.prices)
+    usage = tally.usage
     summary = Summary(
         rows_total=tally.to_do + tally.skipped,
         rows_ok=tally.ok,
@@ -450,10 +414,7 @@ class _Run:
                 log.exception("unexpected error on row %s", work.row.row_id)
                 self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
             else:
-                if violation is None:
-                    self.recorder.ok(work.row, sent)
-                else:
-                    self.recorder.violation(work.row, sent, violation)
+                self.recorder.answered(work.row, sent, violation)
             finally:
                 self.in_flight -= 1
 
@@ -470,23 +431,13 @@ class _Run:
             log.debug("row %s: %s; sending again", work.row.row_id, violation)
             again = await self.client.send(work.payload, input_tokens=work.input_tokens)
             sent = Sent(
-                reply=replace(again.reply, usage=add_usage(sent.reply.usage, again.reply.usage)),
+                reply=replace(again.reply, usage=sent.reply.usage + again.reply.usage),
                 attempts=sent.attempts + again.attempts,
                 latency_ms=again.latency_ms,
             )
             violation = schema_violation(self.request, sent.reply)
             tries += 1
         return sent, violation
-
-
-def add_usage(first: Usage, second: Usage) -> Usage:
-    """Token counts of two requests together."""
-    return Usage(
-        first.input_tokens + second.input_tokens,
-        first.output_tokens + second.output_tokens,
-        first.cache_creation_input_tokens + second.cache_creation_input_tokens,
-        first.cache_read_input_tokens + second.cache_read_input_tokens,
-    )
 
 
 async def prepare_request(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -38,7 +37,8 @@ from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows, ro
 from pipeline.batch.submit import ERROR_PREFIX
 from pipeline.dedupe import shared_result
 from pipeline.errors import PipelineError, RetryableApiError
-from pipeline.records import Reply, Result, Row, Usage
+from pipeline.records import Reply, Result, Row
+from pipeline.report import ResultTally
 from pipeline.responses import one_line, parse_message, read_error_json
 from pipeline.spec import RequestSpec
 from pipeline.structured import schema_violation
@@ -55,42 +55,19 @@ class ForeignBatch(PipelineError):
 
 
 @dataclass(slots=True)
-class BatchTally:
-    """What collecting (and preparing) recorded in one invocation."""
+class BatchTally(ResultTally):
+    """What collecting (and preparing) recorded in one invocation, and which rows now stand as errors."""
 
-    ok: int = 0
-    error: int = 0
     canceled: int = 0
-    errors_by_type: Counter[str] = field(default_factory=Counter)
     error_rows: set[str] = field(default_factory=set)
-    shared: int = 0  # rows that got a leader's result (dedupe), no request of their own
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation: int = 0
-    cache_read: int = 0
 
     def add(self, result: Result) -> None:
         """Count one recorded result."""
-        if result.shared_with is not None:
-            self.shared += 1
+        super(BatchTally, self).add(result)  # explicit: zero-argument super() fails with slots=True
         if result.status == "ok":
-            self.ok += 1
             self.error_rows.discard(result.row.row_id)  # an earlier error of this row was retried
         else:
-            self.error += 1
-            self.errors_by_type[result.error_type or "unknown"] += 1
             self.error_rows.add(result.row.row_id)
-        if result.reply is not None:
-            usage = result.reply.usage
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
-            self.cache_creation += usage.cache_creation_input_tokens
-            self.cache_read += usage.cache_read_input_tokens
-
-    @property
-    def usage(self) -> Usage:
-        """Tokens as the result lines reported them."""
-        return Usage(self.input_tokens, self.output_tokens, self.cache_creation, self.cache_read)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ Pure; printing is the CLI's job.
 from __future__ import annotations
 
 from pipeline.batch.run import BatchOutcome
-from pipeline.report import cost_line
+from pipeline.report import cost_line, shared_and_error_lines, tokens_text
 
 
 def batch_text(outcome: BatchOutcome) -> str:
@@ -18,21 +18,8 @@ def batch_text(outcome: BatchOutcome) -> str:
         f" {outcome.submitted_rows} rows submitted in {outcome.submitted_batches} batches"
         f" ({summary.rows_skipped} already done, skipped) in {summary.wall_s:.1f}s",
     ]
-    if summary.rows_shared:
-        lines.append(
-            f"{summary.rows_shared} rows answered by an identical request of another row (dedupe),"
-            " no request of their own"
-        )
-    if summary.errors_by_type:
-        parts = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.errors_by_type.items()))
-        lines.append(f"errors by type: {parts}")
-    usage = summary.usage
-    tokens = f"tokens: {usage.input_tokens} input, {usage.output_tokens} output"
-    if usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
-        tokens += (
-            f", {usage.cache_creation_input_tokens} cache write, {usage.cache_read_input_tokens} cache read"
-        )
-    lines.append(tokens)
+    lines += shared_and_error_lines(summary, shared="no request of their own")
+    lines.append(tokens_text(summary.usage))
     lines.append(cost_line(summary.cost_usd, summary.priced_as))
     lines.append(f"results: {outcome.output / 'results.parquet'}")
     lines.append(pending_line(outcome))
