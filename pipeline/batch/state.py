@@ -111,6 +111,20 @@ class Submission:
         """The batch id, or the key while no id is known."""
         return self.batch_id or f"{self.key} (unconfirmed)"
 
+    @classmethod
+    def from_intent(cls, record: Mapping[str, Any]) -> Submission:
+        """The submission an ``intent`` event opens, before anything else happened to it."""
+        return cls(
+            key=str(record["key"]),
+            intent_at=datetime.fromisoformat(str(record["at"])),
+            requests=int(record["requests"]),
+            bytes=int(record["bytes"]),
+            fingerprint=str(record["fingerprint"]),
+            base_url=str(record["base_url"]),
+            sandbox=bool(record.get("sandbox", False)),
+            job=dict(record.get("job") or {}),
+        )
+
 
 class BatchLog:
     """The event log and rows files of one output directory."""
@@ -135,8 +149,8 @@ class BatchLog:
         """A key that sorts by time and is unique per process."""
         return f"{utc_now().strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{sequence}"
 
-    def append(self, event: str, key: str, **fields: Any) -> None:
-        """Append one event and fsync it: when this returns, the event survives a crash."""
+    def append(self, event: str, key: str, **fields: Any) -> dict[str, Any]:
+        """Append one event and fsync it: when this returns, the event survives a crash. Returns it."""
         record = {"event": event, "key": key, "at": utc_now().isoformat(), **fields}
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
         try:
@@ -149,6 +163,7 @@ class BatchLog:
                 os.close(fd)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        return record
 
     def submissions(self) -> list[Submission]:
         """Every submission, oldest first, as the log says it stands."""
@@ -157,16 +172,7 @@ class BatchLog:
             key = str(record.get("key", ""))
             event = record.get("event")
             if event == "intent":
-                found[key] = Submission(
-                    key=key,
-                    intent_at=datetime.fromisoformat(record["at"]),
-                    requests=int(record["requests"]),
-                    bytes=int(record["bytes"]),
-                    fingerprint=str(record["fingerprint"]),
-                    base_url=str(record["base_url"]),
-                    sandbox=bool(record.get("sandbox", False)),
-                    job=dict(record.get("job") or {}),
-                )
+                found[key] = Submission.from_intent(record)
                 continue
             sub = found.get(key)
             if sub is None:

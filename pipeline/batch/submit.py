@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.batch.api import BatchesApi, CreateUnconfirmed
-from pipeline.batch.state import BatchLog, RowsWriter, Submission, custom_id_for, utc_now
+from pipeline.batch.state import BatchLog, RowsWriter, Submission, custom_id_for
 from pipeline.errors import OutputError, RowError
 from pipeline.records import Row
 from pipeline.spec import JobSpec
@@ -231,7 +231,7 @@ class Submitter:
         current.rows.close()
         target = self.target
         # the intent is on disk before the request leaves: a crash from here on leaves a trace
-        self.log.append(
+        intent = self.log.append(
             "intent",
             current.key,
             requests=current.count,
@@ -241,16 +241,7 @@ class Submitter:
             sandbox=target.sandbox,
             job=target.job,
         )
-        submission = Submission(
-            key=current.key,
-            intent_at=utc_now(),
-            requests=current.count,
-            bytes=current.size,
-            fingerprint=target.fingerprint,
-            base_url=target.base_url,
-            sandbox=target.sandbox,
-            job=target.job,
-        )
+        submission = Submission.from_intent(intent)
         try:
             info = await self.api.create(current.spool)
         except CreateUnconfirmed:
