@@ -11,12 +11,12 @@ import asyncio
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline.errors import RowError
 from pipeline.reader import SourcedRow, iter_rows
+from pipeline.records import Row
 from pipeline.runner import open_job_input, prepare_request
-from pipeline.sources import is_remote, load_local_image
+from pipeline.sources import offline_loader
 from pipeline.spec import JobSpec
 
 
@@ -51,19 +51,19 @@ async def _check_rows(spec: JobSpec, rows: Iterable[SourcedRow]) -> ValidationRe
 async def _check_row(
     spec: JobSpec, sourced: SourcedRow, report: ValidationReport, slots: asyncio.Semaphore
 ) -> None:
-    row = sourced.row
-    request = spec.request
+    def remote() -> None:
+        report.remote_images += 1
 
-    async def load(cell: str, base_dir: Path) -> bytes | None:
-        if is_remote(cell):
-            report.remote_images += 1
-            return None
-        return await load_local_image(cell, base_dir=base_dir, root=request.image_root)
-
+    load = offline_loader(spec.request.image_root, remote)
     try:
-        _, _, images = await prepare_request(request, sourced, load)
+        _, _, images = await prepare_request(spec.request, sourced, load)
         report.images += images
     except RowError as exc:
-        report.problems.append(f"row {row.index + 1} (id {row.row_id}): {exc}")
+        report.problems.append(row_problem(sourced.row, exc))
     finally:
         slots.release()
+
+
+def row_problem(row: Row, exc: Exception) -> str:
+    """``row N (id ID): what is wrong``: N counts from 1, as people number rows (``validate`` sorts on it)."""
+    return f"row {row.index + 1} (id {row.row_id}): {exc}"

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.build import request_key, system_text
+from pipeline.checks import row_problem
 from pipeline.client import ClientConfig, MessagesClient
 from pipeline.errors import OutputError, RowError
 from pipeline.images import PreparedImage
@@ -31,7 +32,7 @@ from pipeline.prices import CacheTtl, Price, describe_price, price_for
 from pipeline.reader import SourcedRow, iter_rows
 from pipeline.records import Usage
 from pipeline.runner import open_job_input, prepare_request
-from pipeline.sources import is_remote, load_local_image
+from pipeline.sources import offline_loader
 from pipeline.spec import JobSpec
 from pipeline.tokens import RequestTokens, min_cacheable_tokens, request_tokens
 from pipeline.wire import MessagePayload
@@ -419,19 +420,17 @@ async def _estimate_row(
     request = spec.request
     row = sourced.row
 
-    async def load(cell: str, base_dir: Path) -> bytes | None:
-        if is_remote(cell):
-            walk.remote_images += 1
-            return None
-        return await load_local_image(cell, base_dir=base_dir, root=request.image_root)
+    def remote() -> None:
+        walk.remote_images += 1
 
+    load = offline_loader(request.image_root, remote)
     images: list[PreparedImage] = []
     try:
         payload, _, _ = await prepare_request(request, sourced, load, prepared=images)
     except RowError as exc:
         walk.unsendable += 1
         if len(walk.problems) < MAX_PROBLEMS:
-            walk.problems.append(f"row {row.index + 1} (id {row.row_id}): {exc}")
+            walk.problems.append(row_problem(row, exc))
         return
     finally:
         slots.release()

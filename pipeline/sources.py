@@ -19,6 +19,7 @@ import base64
 import binascii
 import re
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
@@ -125,6 +126,23 @@ async def load_local_image(
         path = base_dir / path
     confine = None if root is None else Path(root)
     return await asyncio.to_thread(_read_file, path, label=label, max_bytes=max_bytes, root=confine)
+
+
+def offline_loader(
+    root: str | None, on_remote: Callable[[], None]
+) -> Callable[[str, Path], Awaitable[bytes | None]]:
+    """An image loader for commands that use no network (``validate``, ``estimate``).
+
+    Paths and ``data:`` URIs load as in a run; a URL is reported to ``on_remote`` and left out (None).
+    """
+
+    async def load(cell: str, base_dir: Path) -> bytes | None:
+        if is_remote(cell):
+            on_remote()
+            return None
+        return await load_local_image(cell, base_dir=base_dir, root=root)
+
+    return load
 
 
 def _confined(path: Path, root: Path, *, label: str) -> Path:
