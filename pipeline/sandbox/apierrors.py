@@ -1,8 +1,15 @@
-"""The API's error shape: the exception a check raises, and the JSON body the server sends for it."""
+"""The API's error shape: the exception a check raises, the JSON body sent for it, and reading a body
+that may deserve one (too large, not JSON)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from aiohttp import web
+
+JSON_TYPE = "application/json"
+READ_CHUNK = 1 << 20
 
 
 class RequestError(Exception):
@@ -35,3 +42,32 @@ def error_body(
     if details is not None:
         error["details"] = details
     return {"type": "error", "error": error, "request_id": request_id}
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, read in chunks up to ``limit`` bytes: the API's 413 past it, its 400 for non-JSON."""
+    too_large = RequestError(
+        f"Request exceeds the maximum allowed number of bytes ({limit})",
+        status=413,
+        error_type="request_too_large",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    if request.content_type != JSON_TYPE:
+        raise RequestError(f"Content-Type must be {JSON_TYPE}, got {request.content_type!r}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The decoded JSON body, or the API's 400 for one that is not JSON."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"There was an error parsing the body of your request: {exc}") from None

@@ -29,15 +29,13 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.sandbox.answers import anthropic_message, make_answer, new_id, request_digest
-from pipeline.sandbox.apierrors import RequestError, error_body
+from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, decode_json, error_body, read_body
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.validate import ParsedRequest, parse_request
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 CANCEL_S = 0.2  # from canceling to ended
 RESULTS_CHUNK = 500  # lines written per write() of the results stream
-READ_CHUNK = 1 << 20
-JSON_TYPE = "application/json"
 Authenticate = Callable[[web.Request, SandboxConfig], None]
 
 
@@ -162,8 +160,8 @@ def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Auth
         return wrapper
 
     async def create(request: web.Request) -> web.StreamResponse:
-        raw = await _read_body(request, store.config.batch_max_bytes)
-        batch = _new_batch(store, _decode(raw))
+        raw = await read_body(request, store.config.batch_max_bytes)
+        batch = _new_batch(store, decode_json(raw))
         with store._lock:
             store.body_sizes.append(len(raw))
         return _reply(batch.to_json(_now(), _origin(request)))
@@ -271,34 +269,6 @@ def _find(store: BatchStore, batch_id: str) -> _Batch:
     if batch is None or batch.deleted:
         raise RequestError(f"Batch {batch_id} not found", status=404, error_type="not_found_error")
     return batch
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, read in chunks (past the Messages cap of the app) up to the batch cap."""
-    too_large = RequestError(
-        f"Request exceeds the maximum allowed number of bytes ({limit})",
-        status=413,
-        error_type="request_too_large",
-    )
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    if request.content_type != JSON_TYPE:
-        raise RequestError(f"Content-Type must be {JSON_TYPE}, got {request.content_type!r}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"There was an error parsing the body of your request: {exc}") from None
 
 
 def _new_batch(store: BatchStore, body: Any) -> _Batch:

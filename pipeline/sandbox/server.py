@@ -25,7 +25,7 @@ from pipeline.sandbox.answers import (
     openai_completion,
     request_digest,
 )
-from pipeline.sandbox.apierrors import RequestError, error_body
+from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, decode_json, error_body, read_body
 from pipeline.sandbox.batches import BatchStore, add_batch_routes
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.faults import FaultDice, status_fault
@@ -36,7 +36,6 @@ from pipeline.sandbox.validate import ParsedRequest, parse_request
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 LOG_LENGTH = 10_000
-JSON_TYPE = "application/json"
 
 
 class SandboxState:
@@ -210,23 +209,7 @@ def _authenticate(request: web.Request, config: SandboxConfig) -> None:
 
 async def _read_json(request: web.Request) -> Any:
     """The decoded JSON body, or the API's 413/400 for oversized, non-JSON or malformed bodies."""
-    too_large = RequestError(
-        f"Request exceeds the maximum allowed number of bytes ({MAX_BODY_BYTES})",
-        status=413,
-        error_type="request_too_large",
-    )
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    if request.content_type != JSON_TYPE:
-        raise RequestError(f"Content-Type must be {JSON_TYPE}, got {request.content_type!r}")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"There was an error parsing the body of your request: {exc}") from None
+    return decode_json(await read_body(request, MAX_BODY_BYTES))
 
 
 def _refuse(
