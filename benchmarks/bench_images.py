@@ -5,7 +5,7 @@
 On generated photo-like 4000x3000 JPEGs (about 2.7 MB each):
 
 - plain path: ``Image.open``, ``convert("RGB")``, ``thumbnail((1568, 1568))``, ``save`` as JPEG q85;
-- ``pipeline.images.prepare_image`` with the default policy (1568 px long edge).
+- ``pipeline.payloads.images.prepare_image`` with the default policy (1568 px long edge).
 
 Per core: one thread, images/s. Both cores: two threads (the pipeline prepares images with
 ``asyncio.to_thread``), images/s and the process's CPU time over wall time (2.0 = both cores busy).
@@ -29,7 +29,7 @@ from pathlib import Path
 from _harness import Figure, bench_parser, finish, log, photo_jpeg, work_directory
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
-from pipeline.images import ImagePolicy, prepare_image
+from pipeline.payloads.images import ImagePolicy, prepare_image
 
 EDGE = 1568
 SOURCES = 4

@@ -17,8 +17,8 @@ from pipeline.errors import (
     RowError,
     SpecError,
 )
-from pipeline.runner import RunOptions, RunOutcome, run_job
-from pipeline.spec import JobSpec, load_job
+from pipeline.job.spec import JobSpec, load_job
+from pipeline.realtime.run import RunOptions, RunOutcome, run_job
 
 __all__ = [
     "ApiError",

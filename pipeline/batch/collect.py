@@ -12,7 +12,7 @@ the output schema and the rerun rules are the same:
 - ``canceled``: nothing is written; the row is simply not done, and the next invocation submits it.
 
 Followers (dedupe: rows whose identical request a leader of the same submission carried) get their
-leader's result as realtime mode gives it (:func:`pipeline.dedupe.shared_result`: same status, answer
+leader's result as realtime mode gives it (:func:`pipeline.payloads.dedupe.shared_result`: same status, answer
 or error, ``shared_request_with`` = the leader's row id, zero tokens, attempts 0), journalled in the
 same batch as the leader's row, so a crash keeps all or none. A canceled leader writes nothing for its
 followers either: they are submitted again with it.
@@ -32,17 +32,17 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from pydantic import ValidationError
 
-from pipeline.batch.api import BatchesApi
+from pipeline.api.batches import BatchesApi
+from pipeline.api.replies import one_line, parse_message, read_error_json
 from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows, row_leaders
 from pipeline.batch.submit import ERROR_PREFIX
-from pipeline.dedupe import shared_result
 from pipeline.errors import PipelineError, RetryableApiError
+from pipeline.job.spec import RequestSpec
+from pipeline.job.structured import schema_violation
+from pipeline.payloads.dedupe import shared_result
 from pipeline.records import Reply, Result, Row
-from pipeline.report import ResultTally
-from pipeline.responses import one_line, parse_message, read_error_json
-from pipeline.spec import RequestSpec
-from pipeline.structured import schema_violation
-from pipeline.writer import Journal, ResultStore, output_schema
+from pipeline.results.store import Journal, ResultStore, output_schema
+from pipeline.results.summary import ResultTally
 
 log = logging.getLogger("pipeline.batch")
 

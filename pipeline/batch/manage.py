@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pipeline.batch.api import BatchApiConfig, BatchesApi, BatchInfo
+from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo
 from pipeline.batch.state import BatchLog, Submission
 from pipeline.errors import ConfigError, OutputError, PermanentApiError
-from pipeline.lock import locked_output
+from pipeline.results.lock import locked_output
 
 if TYPE_CHECKING:
     from pipeline.batch.run import BatchOptions

@@ -38,24 +38,24 @@ from typing import Any, Literal
 
 import httpx
 
-from pipeline.batch.api import BatchApiConfig, BatchesApi, BatchInfo, CreateUnconfirmed
+from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo, CreateUnconfirmed
 from pipeline.batch.collect import BatchTally, Collector, ForeignBatch
 from pipeline.batch.manage import not_found_message
 from pipeline.batch.state import BatchLog, Submission, pending_row_ids, utc_now
 from pipeline.batch.submit import Submitter, Target, job_record, prior_attempts
-from pipeline.build import request_key
+from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ConfigError, FatalApiError, PermanentApiError, RowError
-from pipeline.gallery import note_job
-from pipeline.lock import locked_output
-from pipeline.prices import describe_price, price_for
-from pipeline.reader import SourcedRow, iter_rows
+from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
+from pipeline.payloads.build import request_key
+from pipeline.realtime.run import open_job_input, prepare_request
 from pipeline.records import Result, Row, Summary
-from pipeline.runner import open_job_input, prepare_request
+from pipeline.results.lock import locked_output
+from pipeline.results.store import Journal, ResultStore, RetryPolicy, output_schema
+from pipeline.review.gallery import note_job
+from pipeline.rows.media import load_image
+from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
-from pipeline.sources import load_image
-from pipeline.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.wire import MessagePayload
-from pipeline.writer import Journal, ResultStore, RetryPolicy, output_schema
 
 log = logging.getLogger("pipeline.batch")
 progress = logging.getLogger("pipeline.run")  # shown without -v, like realtime progress lines

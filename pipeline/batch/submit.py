@@ -1,6 +1,6 @@
 """Turning rows into batches: the same payloads as realtime mode, split by count and measured size.
 
-Each row goes through :func:`pipeline.runner.prepare_request` (images, tools, size checks), loses
+Each row goes through :func:`pipeline.realtime.run.prepare_request` (images, tools, size checks), loses
 ``stream`` (not allowed in a batch), and becomes one ``{"custom_id", "params"}`` item, encoded once.
 Items are appended to a request body on disk (``.batches/<key>.body.json``), so a 256 MB batch is
 never held in memory; a batch is closed and sent when the next item would take it over
@@ -28,13 +28,13 @@ from typing import IO, Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.batch.api import BatchesApi, CreateUnconfirmed
+from pipeline.api.batches import BatchesApi, CreateUnconfirmed
 from pipeline.batch.state import BatchLog, RowsWriter, Submission, custom_id_for
 from pipeline.errors import OutputError, RowError
+from pipeline.job.spec import JobSpec
 from pipeline.records import Row
-from pipeline.spec import JobSpec
+from pipeline.results.store import ResultStore
 from pipeline.wire import MessagePayload
-from pipeline.writer import ResultStore
 
 log = logging.getLogger("pipeline.batch")
 

@@ -14,7 +14,7 @@ enforce rate limits, inject faults and speak an OpenAI-like dialect. Module map:
 from __future__ import annotations
 
 from pipeline.sandbox.config import SandboxConfig
-from pipeline.sandbox.runner import SandboxHandle, running_sandbox, serve
+from pipeline.sandbox.serve import SandboxHandle, running_sandbox, serve
 from pipeline.sandbox.server import create_app
 
 __all__ = ["SandboxConfig", "SandboxHandle", "create_app", "running_sandbox", "serve"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.providers import PRESETS
+from pipeline.catalog.providers import PRESETS
 
 FAULT_KINDS = frozenset({"529", "500", "html503", "drop", "slow", "stream_error"})
 AUTH_MODES = frozenset({"any", "x-api-key", "bearer"})

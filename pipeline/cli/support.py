@@ -1,0 +1,107 @@
+"""What every CLI command shares: exit codes, the one-line error, logging, the key and the server.
+
+Never imports httpx, polars or Pillow (``--help`` stays fast); heavy modules load inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.job.spec import JobSpec
+
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+SANDBOX_KEY = "sk-sandbox-not-a-real-key"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_code(
+    *, fatal: object, interrupted: str | None, errors: int, decided: int, max_error_rate: float
+) -> int:
+    """The README's exit code for a finished invocation: fatal 2, signal 130/143, too many errors 1, else 0.
+
+    ``errors`` of the ``decided`` rows are final errors; up to ``max_error_rate`` of them still exit 0.
+    """
+    if fatal is not None:
+        return EXIT_CANNOT_RUN
+    if interrupted is not None:
+        return EXIT_TERMINATED if interrupted == "SIGTERM" else EXIT_INTERRUPTED
+    if errors and errors / decided > max_error_rate:
+        return EXIT_ROW_ERRORS
+    return EXIT_OK
+
+
+def fail(message: str, code: int = EXIT_CANNOT_RUN) -> NoReturn:
+    """Print the one-line error and exit with ``code``."""
+    click.echo(f"pipeline: error: {message}", err=True)
+    sys.exit(code)
+
+
+def expected_errors(func: F) -> F:
+    """Turn the pipeline's own errors into one line and exit 2: never a traceback for these."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("pipeline: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pipeline: %(message)s"))
+    root = logging.getLogger("pipeline")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING)
+    logging.getLogger("pipeline.run").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def api_key_for(spec: JobSpec, *, sandbox: bool) -> str:
+    key = os.environ.get(spec.api.api_key_env, "").strip()
+    if key:
+        return key
+    if sandbox:
+        return SANDBOX_KEY
+    if not spec.api.preset.key_required:
+        from pipeline.catalog.providers import PLACEHOLDER_KEY
+
+        return PLACEHOLDER_KEY  # a self-hosted server that checks no key
+    raise ConfigError(
+        f"{spec.api.api_key_env} is not set (named by [api] api_key_env in {spec.source}); "
+        "export the key, or try the job with --sandbox"
+    )
+
+
+@contextmanager
+def server_url(spec: JobSpec, *, sandbox: bool, base_url: str | None) -> Iterator[str]:
+    """The server a command talks to: a built-in sandbox for the command's duration, or a URL.
+
+    Precedence: ``--sandbox``, ``--base-url``, ``ANTHROPIC_BASE_URL`` (for the anthropic provider
+    only: it must not redirect a job that names another provider), then the job's ``[api] base_url``.
+    """
+    if sandbox and base_url:
+        raise ConfigError("--sandbox and --base-url both name a server; use one")
+    if sandbox:
+        from pipeline.sandbox import SandboxConfig, running_sandbox
+
+        with running_sandbox(SandboxConfig()) as handle:
+            yield handle.base_url
+        return
+    from_env = os.environ.get("ANTHROPIC_BASE_URL") if spec.api.provider == "anthropic" else None
+    yield (base_url or from_env or spec.api.base_url).rstrip("/")

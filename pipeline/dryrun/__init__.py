@@ -1,0 +1,1 @@
+"""Commands that walk stages 1-3 without a Messages request: ``validate`` and ``estimate``."""

@@ -1,0 +1,303 @@
+"""Structured output from forced tool calls: schema validation of tool input, and typed columns.
+
+Contract used by the realtime runner and the batch collector: ``schema_violation(request, reply)``
+returns why a reply's tool input does not conform to the tool's ``input_schema``, or None.
+
+Typed columns: when a job forces a tool (``tool_choice = {type = "tool", name = ...}``), each
+top-level property of that tool's ``input_schema`` becomes one column ``out_<property>`` whose Arrow
+type follows the schema (string, int64, float64, bool, list, struct; enums by the type of their
+values; anything without one clear type, such as a free-form object or a mixed ``anyOf``, is JSON
+text). ``column_plan`` decides the columns; ``tool_values`` turns a reply into their values, with
+null for whatever is missing or does not fit the type. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+
+from pipeline.job.spec import RequestSpec
+from pipeline.records import Reply
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+COLUMN_PREFIX = "out_"
+MAX_DEPTH = 8  # nesting past this is kept as JSON text (and ends cyclic-looking schemas)
+MESSAGE_LIMIT = 300  # characters of a validation message kept in error_message
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Kind = Literal["string", "int", "float", "bool", "json", "list", "struct"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def forced_tool(request: RequestSpec) -> str | None:
+    """The tool ``tool_choice`` forces (type ``tool``), or None."""
+    choice = request.tool_choice
+    if choice is not None and choice.get("type") == "tool":
+        name = choice.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def schema_violation(request: RequestSpec, reply: Reply) -> str | None:
+    """Why ``reply`` breaks a tool's schema, or None when every tool input conforms.
+
+    Every ``tool_use`` block is checked against the ``input_schema`` of the tool it names; a call to
+    an undeclared tool is a violation, and so is a reply without a call to the forced tool.
+    """
+    if not request.tools:
+        return None
+    schemas = {tool.name: tool.input_schema for tool in request.tools}
+    forced = forced_tool(request)
+    if forced is not None and all(call.name != forced for call in reply.tool_calls):
+        return f"the reply has no {forced} tool call (stop_reason {reply.stop_reason})"
+    for call in reply.tool_calls:
+        schema = schemas.get(call.name)
+        if schema is None:
+            return f"the reply calls {call.name!r}, which is not a declared tool"
+        try:
+            value = json.loads(call.input_json)
+        except ValueError:
+            return f"{call.name} input is not JSON"
+        problem = _first_error(_validator(_canonical(schema)), value)
+        if problem is not None:
+            return f"{call.name} input {problem}"[:MESSAGE_LIMIT]
+    return None
+
+
+def check_tool_schema(schema: Mapping[str, Any]) -> None:
+    """Raise ValueError when ``schema`` is not a valid JSON Schema (checked once, at job load)."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path) or "(root)"
+        raise ValueError(f"input_schema is not a valid JSON Schema at {where}: {exc.message}") from None
+
+
+def _canonical(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Validator:
+    """A compiled validator per distinct schema: building one costs far more than using it."""
+    from jsonschema.validators import validator_for
+
+    schema = json.loads(schema_json)
+    return validator_for(schema)(schema)
+
+
+def _first_error(validator: Validator, value: Any) -> str | None:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    return f"at {error.json_path}: {error.message}"
+
+
+# --------------------------------------------------------------------------- typed columns
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What one value becomes in Arrow: a scalar kind, a list of ``item``, or a struct of ``fields``."""
+
+    kind: Kind
+    item: Shape | None = None
+    fields: tuple[tuple[str, Shape], ...] = ()
+
+    def arrow_type(self) -> pa.DataType:
+        """The Arrow type of this shape."""
+        if self.kind == "list":
+            assert self.item is not None
+            return pa.list_(self.item.arrow_type())
+        if self.kind == "struct":
+            return pa.struct([pa.field(name, shape.arrow_type()) for name, shape in self.fields])
+        return _SCALARS[self.kind]
+
+    def convert(self, value: Any) -> Any:
+        """``value`` as this shape's Python form for Arrow, or None when it does not fit."""
+        if value is None:
+            return None
+        kind = self.kind
+        if kind == "json":
+            return json.dumps(value, ensure_ascii=False)
+        if kind == "string":
+            return value if isinstance(value, str) else None
+        if kind == "bool":
+            return value if isinstance(value, bool) else None
+        if kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            ok = isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+            return value if ok else None
+        if kind == "float":
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if kind == "list":
+            assert self.item is not None
+            return [self.item.convert(item) for item in value] if isinstance(value, list) else None
+        if not isinstance(value, dict):
+            return None
+        return {name: shape.convert(value.get(name)) for name, shape in self.fields}
+
+
+_SCALARS: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "json": pa.string(),
+}
+_JSON = Shape("json")
+_TYPE_KINDS: dict[str, Kind] = {"string": "string", "integer": "int", "number": "float", "boolean": "bool"}
+
+
+def shape_of(schema: object, depth: int = 0) -> Shape:
+    """The column shape for a JSON Schema: typed where the schema allows one type, else JSON text."""
+    if not isinstance(schema, dict) or "$ref" in schema or depth > MAX_DEPTH:
+        return _JSON
+    if isinstance(schema.get("allOf"), list):
+        return shape_of(_merge_all_of(schema), depth)
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            base = {k: v for k, v in schema.items() if k != key}
+            shapes = {
+                shape_of({**base, **option}, depth)
+                for option in options
+                if isinstance(option, dict) and option.get("type") != "null"
+            }
+            return shapes.pop() if len(shapes) == 1 else _JSON
+    if "const" in schema:
+        return _shape_of_values([schema["const"]])
+    if isinstance(schema.get("enum"), list):
+        return _shape_of_values(schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = {k for k in kind if k != "null"}
+        if kinds == {"integer", "number"}:
+            return Shape("float")
+        if len(kinds) != 1:
+            return _JSON
+        kind = kinds.pop()
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else None
+    if kind in _TYPE_KINDS:
+        return Shape(_TYPE_KINDS[kind])
+    if kind == "array":
+        items = schema.get("items")
+        return Shape("list", item=shape_of(items, depth + 1) if isinstance(items, dict) else _JSON)
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, dict) or not properties:
+            return _JSON  # a free-form object has no columns to give it
+        return Shape("struct", fields=tuple((str(n), shape_of(s, depth + 1)) for n, s in properties.items()))
+    return _JSON
+
+
+def _shape_of_values(values: list[Any]) -> Shape:
+    present = [value for value in values if value is not None]
+    if present and all(isinstance(v, str) for v in present):
+        return Shape("string")
+    if present and all(isinstance(v, bool) for v in present):
+        return Shape("bool")
+    numbers = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in present]
+    if present and all(numbers):
+        return Shape("int") if all(isinstance(v, int) for v in present) else Shape("float")
+    return _JSON
+
+
+def _merge_all_of(schema: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    properties = dict(merged.get("properties") or {})
+    for part in schema["allOf"]:
+        if isinstance(part, dict):
+            properties.update(part.get("properties") or {})
+            merged.update({k: v for k, v in part.items() if k not in ("properties", "required")})
+    if properties:
+        merged["properties"] = properties
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    """The typed columns of one forced tool: ``(column name, property, shape)`` in schema order."""
+
+    tool: str
+    columns: tuple[tuple[str, str, Shape], ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The column names, which input columns must not take."""
+        return frozenset(name for name, _, _ in self.columns)
+
+    def fields(self) -> list[pa.Field]:
+        """Arrow fields for the columns (all nullable: a failed row has no values)."""
+        return [pa.field(name, shape.arrow_type()) for name, _, shape in self.columns]
+
+    def values(self, reply: Reply | None) -> dict[str, Any]:
+        """The columns' values from the first call of the tool in ``reply`` (null where absent or unfit)."""
+        tool_input: Any = None
+        if reply is not None:
+            call = next((c for c in reply.tool_calls if c.name == self.tool), None)
+            if call is not None:
+                try:
+                    tool_input = json.loads(call.input_json)
+                except ValueError:
+                    tool_input = None
+        if not isinstance(tool_input, dict):
+            tool_input = {}
+        return {name: shape.convert(tool_input.get(prop)) for name, prop, shape in self.columns}
+
+    def to_json(self) -> str:
+        """The plan as text that ``plan_from_json`` reads back (kept in the journal schema's metadata)."""
+        columns = [[name, prop, _shape_json(shape)] for name, prop, shape in self.columns]
+        return json.dumps({"tool": self.tool, "columns": columns})
+
+
+def column_plan(request: RequestSpec) -> ColumnPlan | None:
+    """The typed columns a job's forced tool yields, or None when no tool is forced."""
+    name = forced_tool(request)
+    tool = next((t for t in request.tools if t.name == name), None)
+    if tool is None:
+        return None
+    top = shape_of(tool.input_schema)
+    if top.kind != "struct":
+        return ColumnPlan(tool.name, ())
+    return ColumnPlan(tool.name, tuple((COLUMN_PREFIX + prop, prop, shape) for prop, shape in top.fields))
+
+
+@lru_cache(maxsize=16)
+def plan_from_json(text: str) -> ColumnPlan:
+    """A plan from ``ColumnPlan.to_json`` (cached: every journalled row asks for it)."""
+    raw = json.loads(text)
+    return ColumnPlan(raw["tool"], tuple((n, p, _shape_from_json(s)) for n, p, s in raw["columns"]))
+
+
+def _shape_json(shape: Shape) -> Any:
+    if shape.kind == "list":
+        assert shape.item is not None
+        return ["list", _shape_json(shape.item)]
+    if shape.kind == "struct":
+        return ["struct", [[name, _shape_json(s)] for name, s in shape.fields]]
+    return shape.kind
+
+
+def _shape_from_json(raw: Any) -> Shape:
+    if isinstance(raw, str):
+        return Shape(raw)  # type: ignore[arg-type]
+    if raw[0] == "list":
+        return Shape("list", item=_shape_from_json(raw[1]))
+    return Shape("struct", fields=tuple((name, _shape_from_json(s)) for name, s in raw[1]))

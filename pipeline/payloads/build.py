@@ -1,0 +1,216 @@
+"""Turns a row's cells plus the job's ``[request]`` into a Messages payload. Pure: no I/O, no clock.
+
+Owns: prompt rendering, the payload shape (images before the prompt text, as the vision docs advise),
+the local input-token estimate the rate limiter charges before a request is sent, and refusing a
+request the API would reject for its size (so that row is an error and nothing is sent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.errors import RowError
+from pipeline.job.spec import RequestSpec
+from pipeline.payloads.images import PreparedImage, estimate_image_tokens
+from pipeline.wire import (
+    CacheControl,
+    ImageBlock,
+    MessagePayload,
+    SystemBlock,
+    TextBlock,
+    ToolParam,
+    UserMessage,
+)
+
+# Characters per token for English-like text; a little low on purpose so the estimate errs high.
+CHARS_PER_TOKEN = 3.5
+# Per-message and per-request framing the API adds around the content.
+MESSAGE_OVERHEAD_TOKENS = 8
+# The API's cap on a Messages body (reference §1: "32 MB"), read as decimal megabytes: a body between
+# 32,000,000 bytes and 32 MiB is refused here rather than risked there.
+MAX_BODY_BYTES = 32_000_000
+# Most JSON bytes one character of text becomes as httpx sends it (ensure_ascii=False): six for an
+# escaped control character (\u001f), at most four UTF-8 bytes for anything else.
+MAX_JSON_BYTES_PER_CHAR = 6
+# Keys, punctuation and numbers around the content, and around each block, generously.
+FRAME_BYTES = 16_384
+BLOCK_FRAME_BYTES = 256
+
+
+class _Formatter(string.Formatter):
+    """str.format that renders missing cells as empty text instead of ``None``."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return ""
+        return format(value, format_spec)
+
+
+_FORMATTER = _Formatter()
+
+
+def render_template(template: str, cells: Mapping[str, Any]) -> str:
+    """Fill ``{column}`` placeholders from the row; a bad format spec is this row's error."""
+    try:
+        return _FORMATTER.vformat(template, (), cells)
+    except KeyError as exc:  # spec and reader checks make this unreachable for declared columns
+        raise RowError(
+            f"prompt uses column {exc.args[0]!r}, which this row lacks", error_type="template_error"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise RowError(f"cannot render prompt: {exc}", error_type="template_error") from None
+
+
+def tool_params(request: RequestSpec) -> list[ToolParam]:
+    """The job's tools in wire form."""
+    params: list[ToolParam] = []
+    for tool in request.tools:
+        param: ToolParam = {"name": tool.name, "input_schema": tool.input_schema}
+        if tool.description is not None:
+            param["description"] = tool.description
+        params.append(param)
+    return params
+
+
+def build_payload(
+    request: RequestSpec, cells: Mapping[str, Any], images: Sequence[PreparedImage]
+) -> MessagePayload:
+    """The Messages request body for one row."""
+    content: list[TextBlock | ImageBlock] = [
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": image.media_type, "data": image.data_b64},
+        }
+        for image in images
+    ]
+    prompt = render_template(request.prompt, cells)
+    if not prompt.strip():
+        # the API answers 400 to an empty text block: refuse here, once, instead of sending it
+        raise RowError(
+            "the prompt renders empty for this row (its columns are empty); the API rejects empty text",
+            error_type="template_error",
+        )
+    content.append({"type": "text", "text": prompt})
+    message: UserMessage = {"role": "user", "content": content}
+    payload: MessagePayload = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [message],
+    }
+    system = render_template(request.system, cells) if request.system is not None else ""
+    if system.strip():  # an empty system prompt says nothing: leave it out rather than risk a 400
+        payload["system"] = system
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
+    if request.top_k is not None:
+        payload["top_k"] = request.top_k
+    if request.stop_sequences:
+        payload["stop_sequences"] = list(request.stop_sequences)
+    if request.tools:
+        payload["tools"] = tool_params(request)
+    if request.tool_choice is not None:
+        payload["tool_choice"] = dict(request.tool_choice)
+    if request.cache:
+        mark_cached_prefix(payload, request.cache_ttl)
+    if request.streaming:
+        payload["stream"] = True
+    return payload
+
+
+def mark_cached_prefix(payload: MessagePayload, ttl: str) -> None:
+    """Put one ``cache_control`` breakpoint at the end of the shared prefix (tools, then system).
+
+    The cache covers everything up to the breakpoint in the API's prefix order ``tools -> system ->
+    messages`` (reference §10), so one mark on the system prompt caches tools and system together;
+    without a system prompt it goes on the last tool. The row's own content stays after it.
+    """
+    control: CacheControl = {"type": "ephemeral"}
+    if ttl == "1h":
+        control["ttl"] = "1h"  # 5m is the API's default: left out, the body stays what it always was
+    system = payload.get("system")
+    if isinstance(system, str):
+        block: SystemBlock = {"type": "text", "text": system, "cache_control": control}
+        payload["system"] = [block]
+    elif payload.get("tools"):
+        payload["tools"][-1]["cache_control"] = control
+
+
+def request_key(payload: MessagePayload) -> str:
+    """A hash of everything the API answers from: model, parameters, rendered text and image bytes.
+
+    Two rows with the same key send the same request; ``stream`` only changes how the answer travels.
+    """
+    canonical = {key: value for key, value in payload.items() if key != "stream"}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def system_text(payload: MessagePayload) -> str:
+    """The system prompt as text, whether it is a string or a list of blocks."""
+    system = payload.get("system", "")
+    if isinstance(system, str):
+        return system
+    return "".join(block["text"] for block in system)
+
+
+def estimate_input_tokens(payload: MessagePayload, images: Sequence[PreparedImage]) -> int:
+    """Input tokens the request will likely be billed for: text by length, images by pixels."""
+    chars = len(system_text(payload))
+    for message in payload["messages"]:
+        for block in message["content"]:
+            if block["type"] == "text":
+                chars += len(block["text"])
+    if "tools" in payload:
+        chars += len(json.dumps(payload["tools"], separators=(",", ":")))
+    text_tokens = math.ceil(chars / CHARS_PER_TOKEN)
+    image_tokens = sum(estimate_image_tokens(image.width, image.height) for image in images)
+    return text_tokens + image_tokens + MESSAGE_OVERHEAD_TOKENS * len(payload["messages"])
+
+
+def check_request_size(
+    payload: MessagePayload,
+    input_tokens: int,
+    max_input_tokens: int,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """Refuse a request the API would reject for its size; the caller records the row's error.
+
+    :param input_tokens: ``estimate_input_tokens`` of this payload (an estimate that errs high).
+    :param max_input_tokens: the job's limit (``RequestSpec.input_token_limit``).
+    :param max_body_bytes: the cap on the JSON body (tests make it small).
+    :raises RowError: ``request_too_large`` when the estimate is over ``max_input_tokens``, or the
+        JSON body is over ``max_body_bytes``.
+    """
+    if input_tokens > max_input_tokens:
+        raise RowError(
+            f"prompt is about {input_tokens:,} tokens, over the model's context window of "
+            f"{max_input_tokens:,} (request.max_input_tokens)",
+            error_type="request_too_large",
+        )
+    blocks = [block for message in payload["messages"] for block in message["content"]]
+    image_bytes = sum(len(block["source"]["data"]) for block in blocks if block["type"] == "image")
+    # The estimate counts every text character (system, prompt, tools) at CHARS_PER_TOKEN, so it bounds
+    # the text without serialising: only a body that could be near the cap pays for json.dumps.
+    text_chars = math.ceil(input_tokens * CHARS_PER_TOKEN) + len(payload["model"])
+    text_chars += sum(len(stop) for stop in payload.get("stop_sequences", ()))
+    text_chars += len(json.dumps(payload["tool_choice"])) if "tool_choice" in payload else 0
+    bound = image_bytes + text_chars * MAX_JSON_BYTES_PER_CHAR + FRAME_BYTES + BLOCK_FRAME_BYTES * len(blocks)
+    if bound <= max_body_bytes:
+        return
+    # serialised as httpx serialises the body it sends
+    size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > max_body_bytes:
+        raise RowError(
+            f"request body is {size / 1e6:.1f} MB ({image_bytes / 1e6:.1f} MB of it images), over the "
+            f"API's limit of {max_body_bytes / 1e6:g} MB; send fewer or smaller images per row "
+            "(request.image_max_edge)",
+            error_type="request_too_large",
+        )

@@ -1,0 +1,148 @@
+"""The local estimate of what a request will be billed for, aimed at the middle rather than the top.
+
+``build.estimate_input_tokens`` errs high on purpose (it guards rate limits and size limits); this
+module aims at the likely figure, for ``pipeline estimate`` and the live progress. Pure.
+
+- Text: prose at 4 characters a token, tool definitions (JSON, dense with punctuation and short
+  keys) at 2.5. The tokenizer used from Opus 4.7 on (including the 5-series) makes about 30 % more
+  tokens for the same text (reference §9).
+- Images: the API first shrinks an image to its long-edge limit (1568 px; 2576 px from Claude 4.7),
+  then it costs about ``width*height/750`` tokens, at most 1,568 (4,784 from 4.7) (reference §3).
+- Framing: a few tokens per message.
+- Prompt caching: the shortest prefix each model caches (reference §10); shorter prefixes are
+  silently not cached, so an estimate must not count them as cache reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.catalog.prices import normalise_model
+from pipeline.job.spec import RequestSpec
+from pipeline.payloads.build import system_text, tool_params
+from pipeline.payloads.images import PreparedImage
+from pipeline.wire import MessagePayload
+
+PROSE_CHARS_PER_TOKEN = 4.0
+JSON_CHARS_PER_TOKEN = 2.5
+NEWER_TOKENIZER_FACTOR = 1.3
+PIXELS_PER_TOKEN = 750
+# role markers and turn boundaries around each message: a handful of tokens (count_tokens shows them)
+FRAMING_TOKENS_PER_MESSAGE = 5
+# (long edge the API shrinks to, most tokens one image costs): before Claude 4.7, and from 4.7 on
+IMAGE_TIER = (1568, 1568)
+IMAGE_TIER_NEWER = (2576, 4784)
+_NEWER = (
+    "claude-opus-4-7",
+    "claude-opus-4-8",
+    "claude-opus-5",
+    "claude-sonnet-5",
+    "claude-haiku-5",
+    "claude-fable-5",
+    "claude-mythos-5",
+)
+# Minimum cacheable prefix (reference §10), by model id prefix; the longest matching prefix wins.
+MIN_CACHEABLE_TOKENS = {
+    "claude-opus-5": 512,
+    "claude-fable-5": 512,
+    "claude-mythos-5": 512,
+    "claude-opus-4-8": 1024,
+    "claude-sonnet-5": 1024,
+    "claude-sonnet-4-6": 1024,
+    "claude-sonnet-4-5": 1024,
+    "claude-sonnet-4": 1024,
+    "claude-opus-4-1": 1024,
+    "claude-opus-4": 1024,
+    "claude-opus-4-7": 2048,
+    "claude-3-5-haiku": 2048,
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+}
+
+
+def newer_tokenizer(model: str) -> bool:
+    """Whether ``model`` is Claude 4.7 or later (newer tokenizer, larger image tier)."""
+    return normalise_model(model).startswith(_NEWER)
+
+
+def min_cacheable_tokens(model: str) -> int | None:
+    """The shortest prefix ``model`` caches, or None when the reference does not say."""
+    name = normalise_model(model)
+    matches = [prefix for prefix in MIN_CACHEABLE_TOKENS if name.startswith(prefix)]
+    return MIN_CACHEABLE_TOKENS[max(matches, key=len)] if matches else None
+
+
+def text_tokens(text: str, model: str, *, chars_per_token: float = PROSE_CHARS_PER_TOKEN) -> int:
+    """Likely tokens of ``text`` for ``model``."""
+    if not text:
+        return 0
+    tokens = len(text) / chars_per_token
+    if newer_tokenizer(model):
+        tokens *= NEWER_TOKENIZER_FACTOR
+    return math.ceil(tokens)
+
+
+def image_tokens(width: int, height: int, model: str) -> int:
+    """Likely tokens of an image sent at ``width`` x ``height``, after the API's own shrinking."""
+    edge, cap = IMAGE_TIER_NEWER if newer_tokenizer(model) else IMAGE_TIER
+    scale = min(1.0, edge / max(width, height, 1))
+    pixels = round(width * scale) * round(height * scale)
+    return max(1, min(cap, math.ceil(pixels / PIXELS_PER_TOKEN)))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTokens:
+    """The likely input tokens of one request, split the way caching and reporting need.
+
+    :param prefix: tools and system prompt, the part ``cache = true`` marks (reference §10 order).
+    :param text: the rest of the text (the rendered prompt) plus message framing.
+    :param images: all image blocks.
+    """
+
+    prefix: int
+    text: int
+    images: int
+
+    @property
+    def total(self) -> int:
+        """Every input token of the request."""
+        return self.prefix + self.text + self.images
+
+
+def request_tokens(payload: MessagePayload, images: Sequence[PreparedImage]) -> RequestTokens:
+    """The likely input tokens of ``payload`` whose images are ``images`` (as sent)."""
+    model = payload["model"]
+    prefix = text_tokens(system_text(payload), model)
+    if payload.get("tools"):
+        bare = [{k: v for k, v in tool.items() if k != "cache_control"} for tool in payload["tools"]]
+        tools_json = json.dumps(bare, separators=(",", ":"))
+        prefix += text_tokens(tools_json, model, chars_per_token=JSON_CHARS_PER_TOKEN)
+    blocks = [block for message in payload["messages"] for block in message["content"]]
+    prose = "".join(block["text"] for block in blocks if block["type"] == "text")
+    text = text_tokens(prose, model) + FRAMING_TOKENS_PER_MESSAGE * len(payload["messages"])
+    pictures = sum(image_tokens(image.width, image.height, model) for image in images)
+    return RequestTokens(prefix=prefix, text=text, images=pictures)
+
+
+def cache_shortfall(request: RequestSpec) -> str | None:
+    """Why ``cache = true`` will not cache anything: the prefix is under the model's minimum (else None).
+
+    Measured on the templates (placeholders unfilled), which is what every row's prefix shares.
+    """
+    minimum = min_cacheable_tokens(request.model)
+    if minimum is None:
+        return None
+    tokens = text_tokens(request.system or "", request.model)
+    if request.tools:
+        tools_json = json.dumps(tool_params(request), separators=(",", ":"))
+        tokens += text_tokens(tools_json, request.model, chars_per_token=JSON_CHARS_PER_TOKEN)
+    if tokens >= minimum:
+        return None
+    return (
+        f"request.cache: the shared prefix (system prompt and tools, ~{tokens:,} tokens) is shorter than "
+        f"the {minimum:,} tokens {request.model} caches at least, so the API will not cache it"
+    )

@@ -1,0 +1,509 @@
+"""Runs a job: a producer streams rows into a bounded queue, N workers send them, every result is journalled.
+
+Owns: back-pressure (a bounded queue and a bounded number of rows being prepared), skipping rows
+already done, turning a row's failure into an error result, stopping the run on a fatal API error,
+and folding the journal into ``results.parquet`` however the run ends. Builds, parses and formats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.catalog.prices import describe_price, price_for
+from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
+from pipeline.job.spec import JobSpec, RequestSpec, template_fields
+from pipeline.job.structured import schema_violation
+from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
+from pipeline.payloads.dedupe import Dedupe, shared_result
+from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
+from pipeline.payloads.tokens import cache_shortfall
+from pipeline.records import Result, Row, Sent, Summary
+from pipeline.results.lock import locked_output
+from pipeline.results.progress import Limits as ProgressLimits
+from pipeline.results.progress import Progress
+from pipeline.results.store import Journal, ResultStore, RetryPolicy, output_schema
+from pipeline.results.summary import ResultTally
+from pipeline.review.gallery import note_job
+from pipeline.rows.media import describe_cell, load_image
+from pipeline.rows.reader import InputTable, SourcedRow, iter_rows, open_input
+from pipeline.shutdown import Shutdown
+from pipeline.wire import MessagePayload
+
+log = logging.getLogger("pipeline.run")
+
+# Above this many images in one request every image must fit 2000 px (reference §3).
+MANY_IMAGES = 20
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Where a run reads, writes and sends; resolved by the CLI from the job and its flags."""
+
+    base_url: str
+    api_key: str
+    input: str
+    output: Path
+    limit: int | None = None
+    fresh: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    grace_s: float = 30.0
+    progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended. ``fatal`` holds the reason when an API error stopped it."""
+
+    summary: Summary
+    output: Path
+    results_rows: int
+    fatal: FatalApiError | None = None
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the run
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    row: Row
+    payload: MessagePayload
+    input_tokens: int
+    key: str | None = None  # request_key, when identical requests are sent once
+
+
+@dataclass(slots=True)
+class _Tally(ResultTally):
+    """Running counts for the summary and the progress line: the results, plus rows to do and skipped."""
+
+    to_do: int = 0
+    skipped: int = 0
+
+
+class _Recorder:
+    """Journals each result the moment it exists, so a crash loses only requests in flight."""
+
+    def __init__(self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None) -> None:
+        self.journal = journal
+        self.fingerprint = fingerprint
+        self.tally = _Tally()
+        self.dedupe = dedupe
+
+    def shared(self, row: Row, leader: Result) -> None:
+        """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
+        self._record(shared_result(leader, row))
+
+    def answered(self, row: Row, sent: Sent, violation: str | None = None) -> None:
+        """A reply: ``ok``, or, when its tool input breaks the schema, an error row that keeps its tokens."""
+        self._record(
+            Result(
+                row=row,
+                status="ok" if violation is None else "error",
+                finished_at=datetime.now(UTC),
+                fingerprint=self.fingerprint,
+                reply=sent.reply,
+                attempts=sent.attempts,
+                latency_ms=round(sent.latency_ms, 1),
+                error_type=None if violation is None else "schema_violation",
+                error_message=violation,
+            )
+        )
+
+    def error(self, row: Row, error_type: str, message: str, attempts: int) -> None:
+        self._record(
+            Result(
+                row=row,
+                status="error",
+                finished_at=datetime.now(UTC),
+                fingerprint=self.fingerprint,
+                attempts=attempts,
+                error_type=error_type,
+                error_message=message,
+            )
+        )
+
+    def _record(self, result: Result) -> None:
+        batch = [result]
+        if self.dedupe is not None:
+            # a leader and the rows waiting for it reach the journal in one batch: a crash keeps all or none
+            batch += [shared_result(result, row) for row in self.dedupe.settle(result)]
+        self.journal.append(batch)
+        for item in batch:
+            self.tally.add(item)
+
+
+def needed_columns(request: RequestSpec) -> dict[str, str]:
+    """Input columns the job reads, each with what reads it (for the missing-column message)."""
+    users = [("request.prompt", template_fields(request.prompt)), ("request.images", request.images)]
+    if request.system is not None:
+        users.insert(1, ("request.system", template_fields(request.system)))
+    needed: dict[str, str] = {}
+    for user, columns in users:
+        for name in columns:
+            # every user is named: the image-type check looks for "request.images" among them
+            needed[name] = f"{needed[name]}, {user}" if name in needed else user
+    return needed
+
+
+def open_job_input(spec: JobSpec, input_pattern: str) -> InputTable:
+    """Open the job's input and check that every column it uses is there."""
+    return open_input(input_pattern, id_column=spec.id_column, needed=needed_columns(spec.request))
+
+
+async def run_job(
+    spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+) -> RunOutcome:
+    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole."""
+    started = time.monotonic()
+    store = ResultStore(options.output)
+    store.prepare()
+    with locked_output(options.output):
+        return await _run_locked(spec, options, store, transport, started)
+
+
+async def _run_locked(
+    spec: JobSpec,
+    options: RunOptions,
+    store: ResultStore,
+    transport: httpx.AsyncBaseTransport | None,
+    started: float,
+) -> RunOutcome:
+    request = spec.request
+    fingerprint = request.fingerprint()
+    if options.fresh:
+        store.start_fresh()
+    else:
+        store.compact()  # folds in what an earlier, interrupted run journalled
+    table = open_job_input(spec, options.input)
+    settled = store.settled(fingerprint, options.retry)
+    note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
+    journal = store.new_journal(output_schema(table.arrow_schema, request))
+    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
+    if request.cache and (note := cache_shortfall(request)):
+        log.warning("%s", note)
+    limits = spec.limits
+    config = ClientConfig(
+        base_url=options.base_url,
+        api_key=options.api_key,
+        auth=spec.api.auth,
+        anthropic_version=spec.api.anthropic_version,
+        timeout_s=limits.timeout_s,
+        max_attempts=limits.max_attempts,
+        concurrency=limits.concurrency,
+        requests_per_minute=limits.requests_per_minute,
+        input_tokens_per_minute=limits.input_tokens_per_minute,
+        output_tokens_per_minute=limits.output_tokens_per_minute,
+    )
+    price = price_for(request.model, spec.prices)
+    fatal: FatalApiError | None = None
+    stopped_by: PipelineError | None = None
+    client = MessagesClient(config, transport=transport)
+    shutdown = Shutdown(options.grace_s)
+    try:
+        async with client:
+            try:
+                run = _Run(table, settled, request, client, recorder)
+                run.progress = Progress(
+                    recorder.tally,
+                    limits=ProgressLimits(
+                        limits.requests_per_minute,
+                        limits.input_tokens_per_minute,
+                        limits.output_tokens_per_minute,
+                    ),
+                    price=price,
+                    cache_ttl=request.cache_ttl,
+                    requests_sent=lambda: client.requests_sent,
+                    reading_done=lambda: run.reading_done,
+                    live=options.progress,
+                )
+                await run.pump(options.limit, shutdown)
+            except* FatalApiError as group:
+                fatal = _first(group, FatalApiError)
+            except* PipelineError as group:
+                # an unwritable journal or an input that breaks halfway: what is journalled stays
+                stopped_by = _first(group, PipelineError)
+    finally:
+        journal.close()
+        results_rows = store.compact()
+        if stopped_by is None:
+            store.ensure_results(journal.schema)
+    if stopped_by is not None:
+        raise stopped_by
+    tally = recorder.tally
+    usage = tally.usage
+    summary = Summary(
+        rows_total=tally.to_do + tally.skipped,
+        rows_ok=tally.ok,
+        rows_error=tally.error,
+        rows_skipped=tally.skipped,
+        errors_by_type=dict(tally.errors_by_type),
+        usage=usage,
+        requests_sent=client.requests_sent,
+        retries=client.retries,
+        wall_s=time.monotonic() - started,
+        cost_usd=price.cost_usd(usage, cache_ttl=request.cache_ttl) if price is not None else None,
+        priced_as=describe_price(price, request.model),
+        rows_shared=tally.shared,
+    )
+    return RunOutcome(
+        summary=summary,
+        output=options.output,
+        results_rows=results_rows,
+        fatal=fatal,
+        interrupted=shutdown.signal_name,
+    )
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[E]) -> E:
+    """The first exception of ``kind`` in a (possibly nested) group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc, kind)
+        if isinstance(exc, kind):
+            return exc
+    raise AssertionError(f"no {kind.__name__} in {group!r}")
+
+
+class _Run:
+    """One run's moving parts: the input, the client, the recorder and the queue between them."""
+
+    def __init__(
+        self,
+        table: InputTable,
+        settled: dict[str, str],
+        request: RequestSpec,
+        client: MessagesClient,
+        recorder: _Recorder,
+    ) -> None:
+        self.table = table
+        # row_id -> row hash of rows whose latest result stands (ok, or an error not to retry)
+        self.settled = settled
+        self.request = request
+        self.client = client
+        self.recorder = recorder
+        self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=max(4, 2 * client.config.concurrency))
+        # rows being read or encoded at once: enough to keep both the CPU and the senders busy
+        self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
+        self.stopping = False
+        self.in_flight = 0
+        self.reading_done = False  # the producer has read the whole input (the total is known)
+        self.progress: Progress | None = None
+
+    async def pump(self, limit: int | None, shutdown: Shutdown) -> None:
+        """Produce and send every row; returns when all are recorded or a signal stopped the run.
+
+        Raises (inside an ExceptionGroup) what stops a run: a fatal API error, an unwritable output,
+        an input that turns unreadable halfway.
+        """
+        async with asyncio.TaskGroup() as group:
+            workers = [group.create_task(self._send_loop()) for _ in range(self.client.config.concurrency)]
+            shown = self.progress.run() if self.progress else _report_progress(self.recorder.tally)
+            reporter = group.create_task(shown)
+            producer = group.create_task(self._produce(limit))
+            shutdown.in_flight = lambda: self.in_flight
+            shutdown.install(
+                stop=lambda: self._stop(producer, len(workers)), abort=lambda: _cancel(producer, *workers)
+            )
+            try:
+                await asyncio.wait([producer])
+                if not shutdown.requested:
+                    for _ in workers:
+                        await self.queue.put(None)
+                await asyncio.wait(workers)
+            finally:
+                shutdown.uninstall()
+                reporter.cancel()
+
+    def _stop(self, producer: asyncio.Task[None], workers: int) -> None:
+        """Graceful stop: read and prepare nothing more, drop queued work, let senders finish."""
+        self.stopping = True
+        producer.cancel()
+        while not self.queue.empty():
+            self.queue.get_nowait()  # never sent, so never paid: a rerun picks these rows up
+        for _ in range(workers):
+            self.queue.put_nowait(None)  # wakes idle senders; the queue holds at least one per sender
+
+    async def _produce(self, limit: int | None) -> None:
+        """Stream rows into the queue; image rows are prepared concurrently, a bounded number at a time."""
+        tally = self.recorder.tally
+        rows = iter_rows(self.table, limit=limit)
+        async with asyncio.TaskGroup() as preparing:
+            # reading a batch of the table is blocking I/O: do it in a thread
+            while (batch := await asyncio.to_thread(_next_batch, rows)) is not None:
+                for sourced in batch:
+                    row = sourced.row
+                    if self.settled.get(row.row_id) == row.content_hash:
+                        tally.skipped += 1
+                        continue
+                    tally.to_do += 1
+                    await self.slots.acquire()
+                    preparing.create_task(self._prepare(sourced))
+            self.reading_done = True
+
+    async def _prepare(self, sourced: SourcedRow) -> None:
+        # The slot is held until the work is queued: rows waiting for a sender count against the
+        # bound too, so memory stays flat however far the reader runs ahead.
+        try:
+            work = await self._build(sourced)
+            if work is not None and not self._shared(work):
+                await self.queue.put(work)
+        finally:
+            self.slots.release()
+
+    async def _build(self, sourced: SourcedRow) -> _Work | None:
+        row = sourced.row
+        try:
+            payload, input_tokens, _ = await prepare_request(self.request, sourced, self._load)
+        except RowError as exc:
+            self.recorder.error(row, exc.error_type, str(exc), attempts=0)
+            return None
+        except Exception as exc:  # the preparing boundary: a decoder's surprise is this row's error
+            log.exception("unexpected error preparing row %s", row.row_id)
+            self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
+            return None
+        key = None
+        if self.recorder.dedupe is not None:
+            # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
+            has_images = len(payload["messages"][0]["content"]) > 1
+            key = await asyncio.to_thread(request_key, payload) if has_images else request_key(payload)
+        return _Work(row, payload, input_tokens, key)
+
+    def _shared(self, work: _Work) -> bool:
+        """Whether an identical request of another row answers this one (so it is not sent)."""
+        dedupe = self.recorder.dedupe
+        if dedupe is None or work.key is None:
+            return False
+        verdict, leader = dedupe.claim(work.key, work.row)
+        if verdict == "copy" and leader is not None:
+            self.recorder.shared(work.row, leader)
+        return verdict != "lead"
+
+    async def _load(self, cell: str, base_dir: Path) -> bytes:
+        return await load_image(
+            cell,
+            base_dir=base_dir,
+            http=self.client.http,
+            root=self.request.image_root,
+            timeout_s=self.client.config.timeout_s,
+        )
+
+    async def _send_loop(self) -> None:
+        while (work := await self.queue.get()) is not None:
+            if self.stopping:
+                continue
+            self.in_flight += 1
+            try:
+                sent, violation = await self._send_conforming(work)
+            except FatalApiError:
+                raise
+            except ApiError as exc:
+                self.recorder.error(work.row, exc.error_type, str(exc), attempts=exc.attempts)
+            except Exception as exc:  # the worker boundary: one row's surprise must not end the run
+                log.exception("unexpected error on row %s", work.row.row_id)
+                self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
+            else:
+                self.recorder.answered(work.row, sent, violation)
+            finally:
+                self.in_flight -= 1
+
+    async def _send_conforming(self, work: _Work) -> tuple[Sent, str | None]:
+        """Send, and send again while the tool input breaks its schema (up to ``schema_attempts``).
+
+        Returns the last reply, with the attempts and tokens of every try added up (all were paid
+        for), and the last violation, or None when the reply conforms.
+        """
+        sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
+        violation = schema_violation(self.request, sent.reply)
+        tries = 1
+        while violation is not None and tries < self.request.schema_attempts and not self.stopping:
+            log.debug("row %s: %s; sending again", work.row.row_id, violation)
+            again = await self.client.send(work.payload, input_tokens=work.input_tokens)
+            sent = Sent(
+                reply=replace(again.reply, usage=sent.reply.usage + again.reply.usage),
+                attempts=sent.attempts + again.attempts,
+                latency_ms=again.latency_ms,
+            )
+            violation = schema_violation(self.request, sent.reply)
+            tries += 1
+        return sent, violation
+
+
+async def prepare_request(
+    request: RequestSpec,
+    sourced: SourcedRow,
+    load: Callable[[str, Path], Awaitable[bytes | None]],
+    *,
+    prepared: list[PreparedImage] | None = None,
+) -> tuple[MessagePayload, int, int]:
+    """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
+
+    The one place a row becomes a request, for ``run``, ``validate`` and ``estimate`` alike: ``load``
+    fetches an image cell's bytes, or returns None to leave the image out (``validate`` and
+    ``estimate`` fetch no URLs). ``prepared``, when given, receives the images as they will be sent.
+    """
+    cells = image_cells(request, sourced.row)
+    policy = ImagePolicy(max_edge=request.image_max_edge, max_pixels=request.image_max_pixels)
+    if len(cells) > MANY_IMAGES:
+        policy = policy.for_many_images()
+    images: list[PreparedImage] = []
+    for column, cell in cells:
+        data = await load(cell, sourced.base_dir)
+        if data is None:
+            continue
+        label = f"{column} {describe_cell(cell)}"
+        # Decoding and re-encoding is CPU work: keep it off the event loop.
+        images.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+    payload = build_payload(request, sourced.row.values, images)
+    input_tokens = estimate_input_tokens(payload, images)
+    # a request the API would refuse for its size is this row's error, and is never sent
+    check_request_size(payload, input_tokens, request.input_token_limit)
+    if prepared is not None:
+        prepared.extend(images)
+    return payload, input_tokens, len(images)
+
+
+def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
+    """(column, cell) for each non-empty image cell of the row, in the job's column order."""
+    return [
+        (column, str(value).strip())
+        for column in request.images
+        if (value := row.values.get(column)) is not None and str(value).strip()
+    ]
+
+
+def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
+def _next_batch(rows: Iterator[SourcedRow], size: int = 500) -> list[SourcedRow] | None:
+    batch = [row for _, row in zip(range(size), rows, strict=False)]
+    return batch or None
+
+
+async def _report_progress(tally: _Tally) -> None:
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        finished = tally.ok + tally.error
+        rate = finished / max(time.monotonic() - started, 1e-9)
+        log.info(
+            "%d/%d rows done (%d ok, %d error), %.1f rows/s",
+            finished,
+            tally.to_do,
+            tally.ok,
+            tally.error,
+            rate,
+        )

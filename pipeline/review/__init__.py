@@ -1,0 +1,1 @@
+"""Commands that read an output directory: ``status``, ``export`` and the ``report`` gallery."""

@@ -1,0 +1,229 @@
+"""Job-file parsing: the shipped jobs load, unknown keys are named, paths resolve next to the job."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobkit import toml_value
+from pipeline.errors import SpecError
+from pipeline.job.spec import NON_STREAMING_MAX_TOKENS, JobSpec, load_job, parse_job, template_fields
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {
+    "name": "t",
+    "input": "in.csv",
+    "output": "out",
+    "request": {"model": "m", "max_tokens": 10, "prompt": "hi"},
+}
+
+
+def _with(**request: object) -> dict[str, object]:
+    return {**MINIMAL, "request": {**MINIMAL["request"], **request}}  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("name", ["caption_images", "annotate_products", "classify_reviews"])
+def test_shipped_jobs_load(name: str) -> None:
+    """Every job in jobs/ parses, and its paths resolve relative to the job file."""
+    spec = load_job(ROOT / "jobs" / f"{name}.toml")
+    assert Path(spec.input).resolve().exists()
+    assert Path(spec.output).resolve().parent == (ROOT / "out")
+
+
+def test_caption_job_matches_issue_fields() -> None:
+    """The captioning job keeps every field the issue wrote, with its values."""
+    spec = load_job(ROOT / "jobs" / "caption_images.toml")
+    assert spec.id_column == "id"
+    assert spec.request.images == ["image_path"]
+    assert spec.api.auth == "x-api-key"
+    assert spec.limits.requests_per_minute == 50
+    assert spec.limits.max_attempts == 8
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_with(temperatur=0.1), "unknown key 'request.temperatur'"),
+        ({**MINIMAL, "extra": 1}, "unknown key 'extra'"),
+        ({**MINIMAL, "limits": {"rpm": 5}}, "unknown key 'limits.rpm'"),
+        ({k: v for k, v in MINIMAL.items() if k != "output"}, "missing required key 'output'"),
+        (_with(temperature=3), "request.temperature"),
+        (_with(stop_sequences=["\n"]), "non-whitespace"),
+        (_with(prompt="hi {name"), "malformed"),
+        (_with(prompt="hi {}"), "without a column name"),
+        (_with(prompt="hi {a.b}"), "plain column name"),
+        (_with(tool_choice={"type": "tool", "name": "x"}), "no [[request.tools]]"),
+        (
+            _with(
+                tools=[{"name": "t1", "input_schema": {"type": "object"}}],
+                tool_choice={"type": "tool", "name": "x"},
+            ),
+            "not a declared tool",
+        ),
+        (_with(tools=[{"name": "bad name", "input_schema": {"type": "object"}}]), "must match"),
+        (_with(tools=[{"name": "t", "input_schema": {"type": "array"}}]), 'type = "object"'),
+        ({**MINIMAL, "api": {"auth": "basic"}}, "api.auth"),
+        ({**MINIMAL, "api": {"base_url": "ftp://x"}}, "http://"),
+    ],
+)
+def test_bad_job_is_one_line_naming_the_key(raw: dict[str, object], expected: str) -> None:
+    """Each invalid job gives one SpecError line that names the file and what is wrong."""
+    with pytest.raises(SpecError) as info:
+        parse_job(raw, Path("jobs/x.toml"))
+    message = str(info.value)
+    assert message.startswith("jobs/x.toml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    """Broken TOML and a missing job file are SpecErrors, not tracebacks."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_job(bad)
+    with pytest.raises(SpecError, match="not found"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_streaming_forced_above_non_streaming_cap() -> None:
+    """A max_tokens above what a non-streaming request may take turns streaming on."""
+    small = parse_job(_with(), Path("j.toml")).request
+    big = parse_job(_with(max_tokens=NON_STREAMING_MAX_TOKENS + 1, stream=False), Path("j.toml")).request
+    asked = parse_job(_with(stream=True), Path("j.toml")).request
+    opus_4 = parse_job(_with(model="claude-opus-4-1-20250805", max_tokens=10_000), Path("j.toml")).request
+    assert (small.streaming, big.streaming, asked.streaming, opus_4.streaming) == (False, True, True, True)
+
+
+def test_fingerprint_tracks_answer_shaping_settings_only() -> None:
+    """Prompt or model changes change the fingerprint; limits and streaming do not."""
+    base = parse_job(_with(), Path("j.toml"))
+    assert (
+        parse_job(_with(prompt="other"), Path("j.toml")).request.fingerprint() != base.request.fingerprint()
+    )
+    assert parse_job(_with(model="m2"), Path("j.toml")).request.fingerprint() != base.request.fingerprint()
+    assert parse_job(_with(stream=True), Path("j.toml")).request.fingerprint() == base.request.fingerprint()
+    limited = parse_job({**MINIMAL, "limits": {"concurrency": 2}}, Path("j.toml"))
+    assert limited.request.fingerprint() == base.request.fingerprint()
+
+
+def test_template_fields_in_order_without_repeats() -> None:
+    """Placeholders come back once each, in order; doubled braces are literal."""
+    assert template_fields("{a} and {b:>3} and {a} {{literal}}") == ["a", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(st.integers() | st.text(max_size=5), st.lists, max_leaves=4),
+        max_size=4,
+    )
+)
+def test_fuzzed_job_tables_never_crash(raw: dict[str, object]) -> None:
+    """Any decoded TOML table either parses or raises SpecError, never anything else."""
+    try:
+        parse_job(raw, Path("f.toml"))
+    except SpecError as exc:
+        message = str(exc)
+    else:
+        return
+    assert message.startswith("f.toml: ")
+
+
+def test_toml_of_shipped_job_round_trips_through_parse() -> None:
+    """parse_job on the decoded shipped TOML equals load_job on the file."""
+    path = ROOT / "jobs" / "annotate_products.toml"
+    assert parse_job(tomllib.loads(path.read_text()), path) == load_job(path)
+
+
+# real key names (so some fuzzed jobs get deep into validation) mixed with arbitrary ones
+KEY_NAMES = "name input output id_column request api limits model max_tokens prompt system images"
+KEY_NAMES += " image_root max_input_tokens tools tool_choice stream auth base_url concurrency"
+KEYS = st.sampled_from(KEY_NAMES.split()) | st.text(max_size=6)
+TOML_VALUES = st.recursive(
+    st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _toml_value(value: object) -> str:
+    """A TOML literal; strings keep non-ASCII as is (JSON's \\ud83d surrogate escapes are not TOML)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return toml_value(value)
+
+
+def _toml(table: dict[str, object]) -> str:
+    """TOML text for a table of plain values: scalars and arrays first, then one [section] per sub-table."""
+    lines = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines.append(f"[{_toml_value(key)}]")
+            lines.extend(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+    return "\n".join(lines) + "\n"
+
+
+def _load_or_spec_error(path: Path) -> None:
+    try:
+        spec = load_job(path)
+    except SpecError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ")
+        assert "\n" not in message, message
+    else:
+        assert isinstance(spec, JobSpec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text().map(str.encode) | st.binary())
+def test_fuzzed_job_bytes_load_or_are_a_spec_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    """Any bytes in a job file (text or not, UTF-8 or not) load or are one SpecError line, nothing else."""
+    path = tmp_path_factory.mktemp("fuzz") / "job.toml"
+    path.write_bytes(content)
+    _load_or_spec_error(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(KEYS, TOML_VALUES, max_size=4),
+    st.dictionaries(KEYS, TOML_VALUES, max_size=4),
+    st.just(b"") | st.binary(max_size=8),
+)
+def test_fuzzed_toml_job_loads_or_is_a_spec_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    top: dict[str, object],
+    request: dict[str, object],
+    raw: bytes,
+) -> None:
+    """A near-valid job with fuzzed keys and values (and stray bytes) loads or is one SpecError line."""
+    table: dict[str, object] = {**MINIMAL, **top}
+    table["request"] = {**MINIMAL["request"], **request}  # type: ignore[dict-item]
+    path = tmp_path_factory.mktemp("fuzz") / "job.toml"
+    path.write_bytes(_toml(table).encode("utf-8", errors="surrogatepass") + raw)
+    _load_or_spec_error(path)
+
+
+def test_new_request_keys_resolve_and_stay_out_of_the_fingerprint(tmp_path: Path) -> None:
+    """image_root resolves next to the job and must exist; it and max_input_tokens change no fingerprint."""
+    (tmp_path / "pics").mkdir()
+    job = tmp_path / "j.toml"
+    spec = parse_job(_with(image_root="pics", max_input_tokens=1000), job)
+    assert spec.request.image_root == str(tmp_path / "pics")
+    assert spec.request.fingerprint() == parse_job(_with(), job).request.fingerprint()
+    with pytest.raises(SpecError, match=r"request\.image_root: .* is not a directory"):
+        parse_job(_with(image_root="nope"), job)
+    with pytest.raises(SpecError, match=r"request\.max_input_tokens"):
+        parse_job(_with(max_input_tokens=0), job)
