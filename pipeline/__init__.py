@@ -3,7 +3,8 @@
 The CLI (``pipeline``) is the main surface; this is the library behind it.
 """
 
-from pipeline.batch.run import BatchOptions, BatchOutcome, run_batch
+from pipeline.batch.options import BatchOptions, BatchOutcome
+from pipeline.batch.run import run_batch
 from pipeline.errors import (
     ApiError,
     ConfigError,

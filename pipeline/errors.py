@@ -100,3 +100,11 @@ class PermanentApiError(ApiError):
 
 class FatalApiError(ApiError):
     """A failure that no row can get past (bad key, no permission, spend limit): stop the run."""
+
+
+class CreateUnconfirmed(PipelineError):
+    """A create whose outcome is unknown: the request may have made a batch. Find it by listing."""
+
+
+class ForeignBatch(PipelineError):
+    """The results hold a custom_id this submission never sent: the adopted batch is not ours."""

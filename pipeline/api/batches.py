@@ -28,9 +28,9 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from pipeline.api.client import CONNECT_TIMEOUT_S, USER_AGENT, classify
-from pipeline.api.replies import one_line
-from pipeline.errors import ApiError, PipelineError, RetryableApiError
+from pipeline.api.classify import classify, one_line
+from pipeline.api.client import CONNECT_TIMEOUT_S, USER_AGENT
+from pipeline.errors import ApiError, CreateUnconfirmed, RetryableApiError
 
 log = logging.getLogger("pipeline.batch")
 
@@ -40,10 +40,6 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 UPLOAD_CHUNK = 1 << 20
 T = TypeVar("T")
-
-
-class CreateUnconfirmed(PipelineError):
-    """A create whose outcome is unknown: the request may have made a batch. Find it by listing."""
 
 
 @dataclass(frozen=True, slots=True)

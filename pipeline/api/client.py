@@ -18,35 +18,27 @@ bodies and event streams are parsed by :mod:`pipeline.api.replies`.
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import html
 import json
 import logging
-import math
 import random
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
-from http import HTTPStatus
 from typing import Any, Literal
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline.api.ratelimit import Pacer, PauseGate, RateLimits, loop_clock
-from pipeline.api.replies import (
-    STATUS_FOR_ERROR_TYPE,
-    SseDecoder,
-    StreamAssembler,
-    error_class,
+from pipeline.api.classify import (
+    _describe,
+    _parse_error,
+    classify,
     error_from_event,
     one_line,
-    parse_message,
-    read_error_json,
 )
-from pipeline.errors import ApiError, FatalApiError, RetryableApiError
+from pipeline.api.ratelimit import Pacer, PauseGate, RateLimits, loop_clock
+from pipeline.api.replies import SseDecoder, StreamAssembler, parse_message
+from pipeline.errors import ApiError, RetryableApiError
 from pipeline.records import Reply, Sent
 from pipeline.wire import MessagePayload
 
@@ -463,130 +455,9 @@ class MessagesClient:
 # --------------------------------------------------------------------------- classification
 
 
-# the API's error.type per status, for bodies that do not say (a proxy's HTML page, an empty body)
-_TYPE_FOR_STATUS = {
-    **{status: name for name, status in STATUS_FOR_ERROR_TYPE.items()},
-    408: "timeout_error",
-    422: "invalid_request_error",
-}
-
-
-def classify(
-    status: int, headers: Mapping[str, str], body: bytes | str, *, now: float | None = None
-) -> ApiError:
-    """The ``ApiError`` for a failed response: retryable, permanent or fatal, with a one-line message.
-
-    :param headers: response headers; a case-insensitive mapping (``httpx.Headers``) or lower-case keys.
-    :param body: the raw body: the API's error JSON, or a proxy's HTML or text page.
-    :param now: the current Unix time, for an HTTP-date ``retry-after`` (default: the system clock).
-    """
-    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    error_type, message, body_request_id, details = _read_error_body(text, status, headers)
-    cls = error_class(status, headers.get("x-should-retry"), details)
-    return cls(
-        message,
-        status=status,
-        error_type=error_type or default_error_type(status),
-        request_id=headers.get("request-id") or body_request_id,
-        retry_after=None if cls is FatalApiError else parse_retry_after(headers, now=now),
-    )
-
-
-def default_error_type(status: int) -> str:
-    """The ``error.type`` the API would use for ``status``, for bodies that do not say."""
-    if status in _TYPE_FOR_STATUS:
-        return _TYPE_FOR_STATUS[status]
-    if status >= 500:
-        return "api_error"
-    # the API uses invalid_request_error for the 4xx codes without a type of their own
-    return "invalid_request_error" if status >= 400 else "http_error"
-
-
-def _read_error_body(
-    text: str, status: int, headers: Mapping[str, str]
-) -> tuple[str | None, str, str | None, Mapping[str, Any]]:
-    stripped = text.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            pass
-        else:
-            if isinstance(data, Mapping):
-                error_type, message, request_id, details = read_error_json(data)
-                return error_type, message or _phrase(status), request_id, details
-            return None, one_line(stripped), None, {}
-    if not stripped:
-        return None, f"{_phrase(status)} (empty body)", None, {}
-    content_type = headers.get("content-type", "").lower()
-    if "html" in content_type or re.match(r"<(!doctype|html|head|body|title)\b", stripped, re.IGNORECASE):
-        return None, f"HTML error page: {html_summary(stripped) or _phrase(status)}", None, {}
-    return None, one_line(stripped), None, {}
-
-
-def html_summary(page: str) -> str:
-    """The ``<title>`` of an HTML page, else its visible text, on one line."""
-    match = re.search(r"<title[^>]*>(.*?)</title\s*>", page, re.IGNORECASE | re.DOTALL)
-    if match and match.group(1).strip():
-        return one_line(html.unescape(match.group(1)))
-    without_code = re.sub(r"<(script|style)\b.*?</\1\s*>", " ", page, flags=re.IGNORECASE | re.DOTALL)
-    return one_line(html.unescape(re.sub(r"<[^>]*>", " ", without_code)))
-
-
-def _phrase(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"HTTP {status}"
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, or ``None``.
-
-    ``retry-after-ms`` wins over ``retry-after``; ``retry-after`` is seconds (a float is accepted) or
-    an HTTP date. Zero, negative, unparseable and past values mean "no advice". No upper bound here:
-    the caller caps it, because a server asking for 90 s means it (the SDK's 60 s cut-off does not).
-    """
-    if (millis := _positive_float(headers.get("retry-after-ms"))) is not None:
-        return millis / 1000.0
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    if (seconds := _positive_float(value)) is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    delay = when.timestamp() - (time.time() if now is None else now)
-    return delay if delay > 0 else None
-
-
-def _positive_float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
 def _failure(state: RetryCallState) -> ApiError:
     outcome = state.outcome
     error = outcome.exception() if outcome is not None else None
     # the retry predicate admits only RetryableApiError, so this holds whenever tenacity asks
     assert isinstance(error, ApiError), error
     return error
-
-
-def _parse_error(message: str, status: int, request_id: str | None) -> RetryableApiError:
-    # a garbled 2xx is usually a proxy or a truncated body: worth another attempt
-    return RetryableApiError(message, status=status, error_type="parse_error", request_id=request_id)
-
-
-def _describe(exc: Exception) -> str:
-    text = one_line(str(exc), 160)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,10 +20,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
+from pipeline.api.classify import _opt_str, _str, error_from_event
+from pipeline.errors import RetryableApiError
 from pipeline.records import Reply, ToolCall, Usage
-
-MESSAGE_LIMIT = 200  # characters of a server's error text kept in a one-line message
 
 # OpenAI finish_reason -> Anthropic stop_reason; anything else passes through unchanged
 _FINISH_REASONS = {
@@ -33,25 +32,6 @@ _FINISH_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-
-# The status each API error type stands for, used when the type arrives without one (an SSE
-# ``error`` event after a 200) and, inverted in the client, to name errors whose body says nothing.
-STATUS_FOR_ERROR_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "conflict_error": 409,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-RETRYABLE_STATUSES = frozenset({408, 409, 429})  # plus every status >= 500
-FATAL_STATUSES = frozenset({401, 402, 403})
-SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
 
 
 # --------------------------------------------------------------------------- whole replies
@@ -175,14 +155,6 @@ def normalise_arguments(arguments: object) -> str:
         except ValueError:
             return arguments
     return dump_json(arguments)
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _opt_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _int(value: object) -> int:
@@ -461,66 +433,3 @@ def _tool_input(block: _Block) -> str:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-def error_from_event(data: Mapping[str, Any], request_id: str | None) -> ApiError:
-    """The error an ``error`` event (or an error body sent with a 200) stands for.
-
-    The HTTP status was 200, so the class comes from ``error.type``: ``overloaded_error`` acts as a
-    529, ``api_error`` as a 500, ``invalid_request_error`` as a 400 and so on; unknown types (vLLM's
-    ``internal_error``...) as a 500, because a server that failed mid-answer may well succeed next time.
-    """
-    error_type, message, body_request_id, details = read_error_json(data)
-    error_type = error_type or "api_error"
-    status = STATUS_FOR_ERROR_TYPE.get(error_type, 500)
-    cls = error_class(status, None, details)
-    return cls(
-        f"{message or error_type} (sent inside a 200 reply)",
-        status=status,
-        error_type=error_type,
-        request_id=request_id or body_request_id,
-    )
-
-
-def error_class(status: int, should_retry: str | None, details: Mapping[str, Any]) -> type[ApiError]:
-    """The ``ApiError`` subclass for a status, an ``x-should-retry`` value and ``error.details``."""
-    # Fatal first: x-should-retry answers "again or not", but a bad key or an exhausted spend cap
-    # fails every row, so no header makes them a single row's problem.
-    if status in FATAL_STATUSES or (status == 429 and details.get("error_code") == SPEND_LIMIT_CODE):
-        return FatalApiError
-    hint = (should_retry or "").strip().lower()
-    if hint == "true":
-        return RetryableApiError
-    if hint == "false":
-        return PermanentApiError
-    if status in RETRYABLE_STATUSES or status >= 500:
-        return RetryableApiError
-    return PermanentApiError
-
-
-def read_error_json(data: Mapping[str, Any]) -> tuple[str | None, str, str | None, Mapping[str, Any]]:
-    """(error.type, message, request_id, error.details) from any of the error JSON shapes seen."""
-    error = data.get("error")
-    request_id = _opt_str(data.get("request_id"))
-    if isinstance(error, Mapping):
-        details = error.get("details")
-        return (
-            _opt_str(error.get("type")) or _opt_str(error.get("code")),
-            one_line(_str(error.get("message"))),
-            request_id,
-            details if isinstance(details, Mapping) else {},
-        )
-    if isinstance(error, str):  # {"error": "text"}, as some proxies send
-        return None, one_line(error), request_id, {}
-    # FastAPI-style {"detail": ...} (vLLM) or a bare {"message": ...}
-    for key in ("message", "detail"):
-        if isinstance(value := data.get(key), str) and value:
-            kind = _opt_str(data.get("type"))
-            return (kind if kind != "error" else None), one_line(value), request_id, {}
-    return None, one_line(json.dumps(data, ensure_ascii=False, separators=(",", ":"))), request_id, {}
-
-
-def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Whitespace collapsed to single spaces, cut to ``limit`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"

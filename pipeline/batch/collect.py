@@ -33,25 +33,23 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from pipeline.api.batches import BatchesApi
-from pipeline.api.replies import one_line, parse_message, read_error_json
-from pipeline.batch.state import BatchLog, Submission, fsync_path, read_rows, row_leaders
-from pipeline.batch.submit import ERROR_PREFIX
-from pipeline.errors import PipelineError, RetryableApiError
+from pipeline.api.classify import one_line, read_error_json
+from pipeline.api.replies import parse_message
+from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, fsync_path, read_rows, row_leaders
+from pipeline.errors import ForeignBatch, RetryableApiError
 from pipeline.job.spec import RequestSpec
-from pipeline.job.structured import schema_violation
+from pipeline.job.toolschema import schema_violation
 from pipeline.payloads.dedupe import shared_result
 from pipeline.records import Reply, Result, Row
-from pipeline.results.store import Journal, ResultStore, output_schema
+from pipeline.results.journal import Journal
+from pipeline.results.schema import output_schema
+from pipeline.results.store import ResultStore
 from pipeline.results.summary import ResultTally
 
 log = logging.getLogger("pipeline.batch")
 
 CHUNK = 1000
 RESULT_ATTEMPTS = 3  # whole downloads of one results file before giving up for this invocation
-
-
-class ForeignBatch(PipelineError):
-    """The results hold a custom_id this submission never sent: the adopted batch is not ours."""
 
 
 @dataclass(slots=True)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo
-from pipeline.batch.state import BatchLog, Submission
+from pipeline.batch.state import BatchLog, Submission, not_found_message
 from pipeline.errors import ConfigError, OutputError, PermanentApiError
 from pipeline.results.lock import locked_output
 
 if TYPE_CHECKING:
-    from pipeline.batch.run import BatchOptions
+    from pipeline.batch.options import BatchOptions
 
 
 def connection(output: Path) -> dict[str, Any]:
@@ -28,15 +28,6 @@ def connection(output: Path) -> dict[str, Any]:
         raise OutputError(f"{output}: nothing was submitted in batch mode from here (no {batch_log.path})")
     latest = submissions[-1]
     return {**latest.job, "base_url": latest.base_url, "sandbox": latest.sandbox}
-
-
-def not_found_message(output: Path, sub: Submission, base_url: str) -> str:
-    """What to do about a batch the API says does not exist (the key, the URL, or ``batch forget``)."""
-    return (
-        f"batch {sub.batch_id} is not found at {base_url} (it was submitted to {sub.base_url}); check the"
-        f" key and --base-url; if it is gone for good, `pipeline batch forget {output} {sub.batch_id}`"
-        " lets the next run submit its rows again"
-    )
 
 
 def find_pending(output: Path, ident: str) -> Submission:

@@ -31,27 +31,34 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo, CreateUnconfirmed
-from pipeline.batch.collect import BatchTally, Collector, ForeignBatch
-from pipeline.batch.manage import not_found_message
-from pipeline.batch.state import BatchLog, Submission, pending_row_ids, utc_now
+from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo
+from pipeline.batch.collect import BatchTally, Collector
+from pipeline.batch.options import BatchOptions, BatchOutcome
+from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
 from pipeline.batch.submit import Submitter, Target, job_record, prior_attempts
 from pipeline.catalog.prices import describe_price, price_for
-from pipeline.errors import ConfigError, FatalApiError, PermanentApiError, RowError
+from pipeline.errors import (
+    ConfigError,
+    CreateUnconfirmed,
+    FatalApiError,
+    ForeignBatch,
+    PermanentApiError,
+    RowError,
+)
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.build import request_key
-from pipeline.realtime.run import open_job_input, prepare_request
+from pipeline.payloads.prepare import open_job_input, prepare_request
 from pipeline.records import Result, Row, Summary
+from pipeline.results.journal import Journal
 from pipeline.results.lock import locked_output
-from pipeline.results.store import Journal, ResultStore, RetryPolicy, output_schema
-from pipeline.review.gallery import note_job
+from pipeline.results.schema import output_schema
+from pipeline.results.store import ResultStore, note_job
 from pipeline.rows.media import load_image
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
@@ -62,59 +69,6 @@ progress = logging.getLogger("pipeline.run")  # shown without -v, like realtime 
 
 ORPHAN_SKEW = timedelta(minutes=5)
 READ_ROWS = 500
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOptions:
-    """Where a batch invocation reads, writes and sends; resolved by the CLI."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-    output: Path
-    input: str = ""
-    limit: int | None = None
-    fresh: bool = False
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    wait: bool = False
-    sandbox: bool = False
-    grace_s: float = 30.0
-    auth: Literal["x-api-key", "bearer"] = "x-api-key"
-    anthropic_version: str = "2023-06-01"
-    timeout_s: float = 120.0
-    max_attempts: int = 8
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    """How a batch invocation ended and what is still pending."""
-
-    summary: Summary
-    output: Path
-    results_rows: int
-    submitted_batches: int
-    submitted_rows: int  # followers (dedupe) included
-    submitted_requests: int  # requests in their bodies: fewer than the rows when some were identical
-    collected_batches: int
-    pending: tuple[Submission, ...]
-    pending_rows: int
-    final_errors: int
-    exhausted: int
-    notes: tuple[str, ...] = ()
-    fatal: FatalApiError | None = None
-    interrupted: str | None = None
-
-    def batch_dict(self) -> dict[str, Any]:
-        """The batch part of the ``--json`` summary."""
-        return {
-            "submitted_batches": self.submitted_batches,
-            "submitted_rows": self.submitted_rows,
-            "submitted_requests": self.submitted_requests,
-            "collected_batches": self.collected_batches,
-            "pending_batches": [sub.label() for sub in self.pending],
-            "pending_rows": self.pending_rows,
-            "final_errors": self.final_errors,
-            "max_attempts_reached": self.exhausted,
-        }
 
 
 async def run_batch(

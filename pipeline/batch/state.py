@@ -325,3 +325,16 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def not_found_message(output: Path, sub: Submission, base_url: str) -> str:
+    """What to do about a batch the API says does not exist (the key, the URL, or ``batch forget``)."""
+    return (
+        f"batch {sub.batch_id} is not found at {base_url} (it was submitted to {sub.base_url}); check the"
+        f" key and --base-url; if it is gone for good, `pipeline batch forget {output} {sub.batch_id}`"
+        " lets the next run submit its rows again"
+    )
+
+
+# error rows written from batch results start with this; a rerun counts their attempts
+ERROR_PREFIX = "in batch "

@@ -28,9 +28,9 @@ from typing import IO, Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.api.batches import BatchesApi, CreateUnconfirmed
-from pipeline.batch.state import BatchLog, RowsWriter, Submission, custom_id_for
-from pipeline.errors import OutputError, RowError
+from pipeline.api.batches import BatchesApi
+from pipeline.batch.state import ERROR_PREFIX, BatchLog, RowsWriter, Submission, custom_id_for
+from pipeline.errors import CreateUnconfirmed, OutputError, RowError
 from pipeline.job.spec import JobSpec
 from pipeline.records import Row
 from pipeline.results.store import ResultStore
@@ -40,8 +40,6 @@ log = logging.getLogger("pipeline.batch")
 
 BODY_PREFIX = b'{"requests":['
 BODY_SUFFIX = b"]}"
-# error rows written from batch results start with this; a rerun counts their attempts
-ERROR_PREFIX = "in batch "
 
 
 @dataclass(frozen=True, slots=True)

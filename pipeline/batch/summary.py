@@ -5,7 +5,7 @@ Pure; printing is the CLI's job.
 
 from __future__ import annotations
 
-from pipeline.batch.run import BatchOutcome
+from pipeline.batch.options import BatchOutcome
 from pipeline.results.summary import cost_line, shared_and_error_lines, tokens_text
 
 

@@ -44,8 +44,9 @@ def run_batch_mode(
     as_json: bool,
 ) -> NoReturn:
     """``run --mode batch``: refuse providers without Anthropic's batches, then submit/collect/wait."""
-    from pipeline.batch.run import BatchOptions, run_batch
-    from pipeline.results.store import RetryPolicy
+    from pipeline.batch.options import BatchOptions
+    from pipeline.batch.run import run_batch
+    from pipeline.results.store import RerunPolicy
 
     if not spec.api.preset.message_batches:
         raise ConfigError(
@@ -61,7 +62,7 @@ def run_batch_mode(
             input=input_ if input_ is not None else spec.input,
             limit=limit,
             fresh=fresh,
-            retry=RetryPolicy.parse(retry_errors),
+            retry=RerunPolicy.parse(retry_errors),
             # the built-in sandbox stops with this command, and its batches with it: always wait
             wait=wait or sandbox,
             sandbox=sandbox,
@@ -122,7 +123,7 @@ def refuse_pending_batches(output: Path) -> None:
 def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
     """Options for the batch commands, from what OUTPUT recorded (never the key: that comes from the env)."""
     from pipeline.batch.manage import connection
-    from pipeline.batch.run import BatchOptions
+    from pipeline.batch.options import BatchOptions
 
     stored = connection(output)
     if stored.get("sandbox") and base_url is None:

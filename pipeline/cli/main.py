@@ -109,7 +109,7 @@ def run(
 ) -> None:
     """Run JOB: send one request per input row and write OUTPUT/results.parquet."""
     from pipeline.realtime.run import RunOptions, run_job
-    from pipeline.results.store import RetryPolicy
+    from pipeline.results.store import RerunPolicy
     from pipeline.results.summary import summary_json, summary_text
 
     setup_logging(verbose)
@@ -141,7 +141,7 @@ def run(
             output=output if output is not None else Path(spec.output),
             limit=limit,
             fresh=fresh,
-            retry=RetryPolicy.parse(retry_errors),
+            retry=RerunPolicy.parse(retry_errors),
             grace_s=grace_s,
         )
         outcome = asyncio.run(run_job(spec, options))

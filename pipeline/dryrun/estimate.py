@@ -30,8 +30,8 @@ from pipeline.errors import OutputError, RowError
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import request_key, system_text
 from pipeline.payloads.images import PreparedImage
+from pipeline.payloads.prepare import open_job_input, prepare_request
 from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
-from pipeline.realtime.run import open_job_input, prepare_request
 from pipeline.records import Usage
 from pipeline.results.store import NOT_RETRIED_BY_DEFAULT, ResultStore
 from pipeline.rows.media import offline_loader

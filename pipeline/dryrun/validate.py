@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import RowError
 from pipeline.job.spec import JobSpec
-from pipeline.realtime.run import open_job_input, prepare_request
+from pipeline.payloads.prepare import open_job_input, prepare_request
 from pipeline.records import Row
 from pipeline.rows.media import offline_loader
 from pipeline.rows.reader import SourcedRow, iter_rows

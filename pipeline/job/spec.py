@@ -70,7 +70,7 @@ class ToolSpec(_Strict):
     def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("type") != "object":
             raise ValueError('input_schema must have type = "object"')
-        from pipeline.job.structured import check_tool_schema  # here: structured imports this module
+        from pipeline.job.toolschema import check_tool_schema  # here: toolschema imports this module
 
         check_tool_schema(value)
         return value

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
-from pipeline.results.store import column_order, iter_journal, journal_schema
+from pipeline.results.journal import iter_journal, journal_schema
+from pipeline.results.schema import column_order
 
 if TYPE_CHECKING:
     from pipeline.results.store import ResultStore

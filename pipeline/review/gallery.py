@@ -33,11 +33,11 @@ from pipeline.catalog.prices import Price, price_for
 from pipeline.errors import OutputError
 from pipeline.job.spec import JobSpec, PricesSpec
 from pipeline.records import Usage
-from pipeline.results.store import RESULT_COLUMNS, output_column
+from pipeline.results.schema import RESULT_COLUMNS, output_column
+from pipeline.results.store import JOB_NOTE
 from pipeline.review.export import read_results
 from pipeline.review.thumbs import THUMB_EDGE, thumbnails
 
-JOB_NOTE = "job.json"
 REPORT_FILE = "report.html"
 TEXT_LIMIT = 1500  # characters of an answer or error shown on a card (the export has them whole)
 CHART_BARS = 240
@@ -65,27 +65,6 @@ class GalleryInfo:
     thumbnails: int
     missing_images: int
     bytes: int
-
-
-def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
-    """Record the latest run's job (``OUTPUT/job.json``): images for report, prices for status."""
-    note = {
-        "name": spec.name,
-        "job": spec.source,
-        "input": os.path.abspath(input_pattern),
-        "images": list(spec.request.images),
-        "model": spec.request.model,
-        "prices": spec.prices.model_dump() if spec.prices else None,
-        # what `pipeline status` prices this run's rows with (rows of this fingerprint)
-        "cache_ttl": spec.request.cache_ttl,
-        "fingerprint": spec.request.fingerprint(),
-    }
-    tmp = directory / f".{JOB_NOTE}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, directory / JOB_NOTE)
-    except OSError as exc:
-        raise OutputError(f"cannot write {directory / JOB_NOTE}: {exc.strerror or exc}") from None
 
 
 def job_context(directory: Path, frame: pl.DataFrame, job: JobSpec | None) -> JobContext:

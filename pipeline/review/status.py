@@ -29,9 +29,8 @@ from pipeline.errors import OutputError
 from pipeline.job.spec import PricesSpec
 from pipeline.records import Usage
 from pipeline.results.lock import lock_holder
-from pipeline.results.store import ResultStore
+from pipeline.results.store import JOB_NOTE, ResultStore
 from pipeline.results.summary import cost_line
-from pipeline.review.gallery import JOB_NOTE
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # the sandbox reports "sandbox:<model>"; its tokens are priced as the model it stands in for

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.api.batches import BatchApiConfig, BatchesApi, CreateUnconfirmed
-from pipeline.errors import PermanentApiError
+from pipeline.api.batches import BatchApiConfig, BatchesApi
+from pipeline.errors import CreateUnconfirmed, PermanentApiError
 
 KEY = "sk-ant-secret-key-123"
 BATCH = {

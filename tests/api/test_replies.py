@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.api.replies import SseEvent, StreamAssembler, error_from_event, iter_sse, parse_message
+from pipeline.api.classify import error_from_event
+from pipeline.api.replies import SseEvent, StreamAssembler, iter_sse, parse_message
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 from pipeline.records import ToolCall, Usage
 

@@ -18,7 +18,8 @@ import polars as pl
 import pytest
 
 from jobkit import FAKE_KEY, image_bytes, invoke, write_job
-from pipeline.batch.run import BatchOptions, run_batch
+from pipeline.batch.options import BatchOptions
+from pipeline.batch.run import run_batch
 from pipeline.batch.state import BatchLog, custom_id_for, read_rows
 from pipeline.catalog.prices import price_for
 from pipeline.errors import SpecError

@@ -48,8 +48,9 @@ def test_cost_applies_batch_and_cache_multipliers() -> None:
     """Cache writes cost 1.25x input (2x for 1h), reads 0.1x, and batch halves everything."""
     price = price_for("claude-sonnet-4-5")
     assert price is not None
-    usage = Usage(input_tokens=MTOK, output_tokens=MTOK, cache_creation_input_tokens=MTOK,
-                  cache_read_input_tokens=MTOK)
+    usage = Usage(
+        input_tokens=MTOK, output_tokens=MTOK, cache_creation_input_tokens=MTOK, cache_read_input_tokens=MTOK
+    )
     assert price.cost_usd(usage) == pytest.approx(3 + 15 + 3.75 + 0.30)
     assert price.cost_usd(usage, batch=True) == pytest.approx((3 + 15 + 3.75 + 0.30) / 2)
     assert price.cost_usd(usage, cache_ttl="1h") == pytest.approx(3 + 15 + 6 + 0.30)

@@ -17,9 +17,10 @@ import pytest
 from pipeline.errors import OutputError
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
 from pipeline.results import compaction
-from pipeline.results import store as writer
+from pipeline.results.journal import read_journal
 from pipeline.results.lock import locked_output
-from pipeline.results.store import ResultStore, RetryPolicy, output_schema, read_journal
+from pipeline.results.schema import output_schema, result_record
+from pipeline.results.store import RerunPolicy, ResultStore
 
 INPUT = pa.schema([("id", pa.large_string()), ("status", pa.large_string()), ("n", pa.int64())])
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -96,10 +97,10 @@ def test_settled_rows_respect_fingerprint_and_retry_policy(tmp_path: Path) -> No
     journal.append([_result(0), _result(1, "error"), _result(2, fingerprint="old"), bad_request])
     journal.close()
     store.compact()
-    assert set(store.settled("fp", RetryPolicy())) == {"r0", "r3"}
-    assert set(store.settled("fp", RetryPolicy.parse("all"))) == {"r0"}
-    assert set(store.settled("fp", RetryPolicy.parse("none"))) == {"r0", "r1", "r3"}
-    assert set(store.settled("fp", RetryPolicy.parse("invalid_request_error"))) == {"r0", "r1"}
+    assert set(store.settled("fp", RerunPolicy())) == {"r0", "r3"}
+    assert set(store.settled("fp", RerunPolicy.parse("all"))) == {"r0"}
+    assert set(store.settled("fp", RerunPolicy.parse("none"))) == {"r0", "r1", "r3"}
+    assert set(store.settled("fp", RerunPolicy.parse("invalid_request_error"))) == {"r0", "r1"}
 
 
 def test_fresh_keeps_previous_results_aside(tmp_path: Path) -> None:
@@ -215,7 +216,7 @@ def test_compaction_widens_the_schema_diagonally(tmp_path: Path) -> None:
     schema = output_schema(newer).insert(5, pa.field("out_score", pa.int64()))
     later = replace(_result(2, seconds=1), row=Row(2, "r2", {"id": "r2", "status": "s", "n": 2.5}))
     journal = store.new_journal(schema)
-    record = writer.result_record(later, schema)
+    record = result_record(later, schema)
     record["out_score"] = 7
     journal._writer.write_batch(pa.RecordBatch.from_pylist([record], schema=schema))
     journal.close()

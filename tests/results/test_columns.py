@@ -13,8 +13,9 @@ import pytest
 from jobkit import invoke, text_job
 from pipeline.errors import SpecError
 from pipeline.job.spec import RequestSpec, parse_job
-from pipeline.job.structured import column_plan, schema_violation, shape_of
+from pipeline.job.toolschema import schema_violation
 from pipeline.records import Reply, ToolCall, Usage
+from pipeline.results.columns import column_plan, shape_of
 from pipeline.sandbox import SandboxConfig, running_sandbox
 from pipeline.sandbox.toolinput import break_input
 

@@ -1,0 +1,65 @@
+"""What a batch invocation is given (``BatchOptions``) and what it ends with (``BatchOutcome``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.batch.state import Submission
+from pipeline.errors import FatalApiError
+from pipeline.records import Summary
+from pipeline.results.store import RerunPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """Where a batch invocation reads, writes and sends; resolved by the CLI."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    output: Path
+    input: str = ""
+    limit: int | None = None
+    fresh: bool = False
+    retry: RerunPolicy = field(default_factory=RerunPolicy)
+    wait: bool = False
+    sandbox: bool = False
+    grace_s: float = 30.0
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    anthropic_version: str = "2023-06-01"
+    timeout_s: float = 120.0
+    max_attempts: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """How a batch invocation ended and what is still pending."""
+
+    summary: Summary
+    output: Path
+    results_rows: int
+    submitted_batches: int
+    submitted_rows: int  # followers (dedupe) included
+    submitted_requests: int  # requests in their bodies: fewer than the rows when some were identical
+    collected_batches: int
+    pending: tuple[Submission, ...]
+    pending_rows: int
+    final_errors: int
+    exhausted: int
+    notes: tuple[str, ...] = ()
+    fatal: FatalApiError | None = None
+    interrupted: str | None = None
+
+    def batch_dict(self) -> dict[str, Any]:
+        """The batch part of the ``--json`` summary."""
+        return {
+            "submitted_batches": self.submitted_batches,
+            "submitted_rows": self.submitted_rows,
+            "submitted_requests": self.submitted_requests,
+            "collected_batches": self.collected_batches,
+            "pending_batches": [sub.label() for sub in self.pending],
+            "pending_rows": self.pending_rows,
+            "final_errors": self.final_errors,
+            "max_attempts_reached": self.exhausted,
+        }
