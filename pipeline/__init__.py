@@ -1,25 +1,71 @@
 """Batch vision and text jobs on the Anthropic Messages API: a table in, Parquet out.
 
-The CLI (``pipeline``) is the main surface; this is the library behind it.
+The CLI (``pipeline``) is the main surface; this is the library behind it. The public names below
+are resolved on first use (PEP 562), so ``import pipeline`` and ``pipeline --help`` load none of the
+heavy libraries (polars, pyarrow, httpx, Pillow, aiohttp).
+
+How the package is laid out: the folders read as the flow, **job -> rows -> payloads -> api ->
+results**, with the two drivers side by side above them and the commands on top. A module imports
+only from its own layer or a lower one; ``tests/test_layers.py`` walks every import and fails on a
+cycle or an upward import. From the top down::
+
+    cli                                  the command line
+    dryrun, review                       commands that only look: validate, estimate; status, export, report
+    realtime, batch                      the two drivers, siblings over one preparation path
+    results                              (5) journal, compaction, output store and lock, schema, summary
+    api                                  (4) every HTTP call to the provider, pacing, retries, errors
+    payloads                             (3) row + job -> Messages payload; images; token estimates
+    rows                                 (2) the input -> rows; an image cell -> bytes
+    job                                  (1) the job file -> a frozen JobSpec
+    catalog                              facts about the outside world: models, prices, providers
+    errors, records, wire, atomic, shutdown   the base every layer may use
+
+``sandbox`` stands apart: a fake of the API for tests and trials that may use only ``catalog`` and
+the base, so that it never shares code with what it checks.
 """
 
-from pipeline.batch.options import BatchOptions, BatchOutcome
-from pipeline.batch.run import run_batch
-from pipeline.errors import (
-    ApiError,
-    ConfigError,
-    FatalApiError,
-    ImageError,
-    InputError,
-    OutputError,
-    PermanentApiError,
-    PipelineError,
-    RetryableApiError,
-    RowError,
-    SpecError,
+import importlib as _importlib
+import typing as _typing
+
+# Lowest first; every name is a subpackage or a module directly under pipeline/.
+_LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "records", "wire", "atomic", "shutdown"}),
+    frozenset({"catalog"}),
+    frozenset({"job"}),
+    frozenset({"rows"}),
+    frozenset({"payloads"}),
+    frozenset({"api"}),
+    frozenset({"results"}),
+    frozenset({"realtime", "batch"}),
+    frozenset({"dryrun", "review"}),
+    frozenset({"cli", "__main__"}),
 )
-from pipeline.job.spec import JobSpec, load_job
-from pipeline.realtime.run import RunOptions, RunOutcome, run_job
+# apart from the layers: what each may import, besides itself
+_APART: dict[str, frozenset[str]] = {
+    "sandbox": frozenset({"catalog", "errors", "records", "wire", "atomic", "shutdown"}),
+}
+
+_EXPORTS = {
+    "ApiError": "pipeline.errors",
+    "BatchOptions": "pipeline.batch.options",
+    "BatchOutcome": "pipeline.batch.options",
+    "ConfigError": "pipeline.errors",
+    "FatalApiError": "pipeline.errors",
+    "ImageError": "pipeline.errors",
+    "InputError": "pipeline.errors",
+    "JobSpec": "pipeline.job.spec",
+    "OutputError": "pipeline.errors",
+    "PermanentApiError": "pipeline.errors",
+    "PipelineError": "pipeline.errors",
+    "RetryableApiError": "pipeline.errors",
+    "RowError": "pipeline.errors",
+    "RunOptions": "pipeline.realtime.run",
+    "RunOutcome": "pipeline.realtime.run",
+    "SpecError": "pipeline.errors",
+    "load_job": "pipeline.job.spec",
+    "run_batch": "pipeline.batch.run",
+    "run_job": "pipeline.realtime.run",
+}
 
 __all__ = [
     "ApiError",
@@ -42,3 +88,36 @@ __all__ = [
     "run_batch",
     "run_job",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # resolved once; later lookups never come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if _typing.TYPE_CHECKING:
+    from pipeline.batch.options import BatchOptions, BatchOutcome
+    from pipeline.batch.run import run_batch
+    from pipeline.errors import (
+        ApiError,
+        ConfigError,
+        FatalApiError,
+        ImageError,
+        InputError,
+        OutputError,
+        PermanentApiError,
+        PipelineError,
+        RetryableApiError,
+        RowError,
+        SpecError,
+    )
+    from pipeline.job.spec import JobSpec, load_job
+    from pipeline.realtime.run import RunOptions, RunOutcome, run_job

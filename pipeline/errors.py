@@ -7,6 +7,8 @@
     ├── ConfigError                the run cannot be set up: no API key, bad option (exit 2)
     ├── InputError                 the input table cannot be read or lacks a column (exit 2)
     ├── OutputError                the output directory cannot be written or is locked (exit 2)
+    ├── CreateUnconfirmed          a batch create got no clear answer: list batches to find out
+    ├── ForeignBatch               an adopted batch holds custom_ids that are not its submission's
     ├── RowError                   one row cannot become a request; the row is recorded as an error
     │   └── ImageError             an image is missing, unreadable, empty or not an image
     └── ApiError                   the API (or the network to it) answered with a failure

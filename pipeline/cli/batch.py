@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -25,7 +25,9 @@ from pipeline.cli.support import (
     setup_logging,
 )
 from pipeline.errors import ConfigError
-from pipeline.job.spec import JobSpec
+
+if TYPE_CHECKING:
+    from pipeline.job.spec import JobSpec
 
 
 def run_batch_mode(
@@ -204,8 +206,10 @@ def batch_collect(
 ) -> None:
     """Collect OUTPUT's batches that have ended into results.parquet (submits nothing)."""
     from pipeline.batch.run import run_batch
+    from pipeline.results.compaction import prefer_system_allocator
 
     setup_logging(verbose)
+    prefer_system_allocator()
     options = _stored_options(output, base_url, wait=wait)
     outcome = asyncio.run(run_batch(None, options))
     _finish_batch(outcome, base_url=options.base_url, max_error_rate=max_error_rate, as_json=as_json)

@@ -28,7 +28,6 @@ from pipeline.cli.support import (
     setup_logging,
 )
 from pipeline.errors import ConfigError
-from pipeline.job.spec import load_job
 
 
 @click.group(
@@ -108,11 +107,14 @@ def run(
     verbose: int,
 ) -> None:
     """Run JOB: send one request per input row and write OUTPUT/results.parquet."""
+    from pipeline.job.spec import load_job
     from pipeline.realtime.run import RunOptions, run_job
+    from pipeline.results.compaction import prefer_system_allocator
     from pipeline.results.store import RerunPolicy
     from pipeline.results.summary import summary_json, summary_text
 
     setup_logging(verbose)
+    prefer_system_allocator()
     spec = load_job(job)
     if (mode or spec.api.mode) == "batch":
         run_batch_mode(
@@ -177,6 +179,7 @@ def run(
 def validate(job: Path, input_: str | None, show: int) -> None:
     """Check JOB and every input row without sending anything (exit 1 if some rows would fail)."""
     from pipeline.dryrun.validate import validate_job
+    from pipeline.job.spec import load_job
 
     spec = load_job(job)
     report = validate_job(spec, input_ if input_ is not None else spec.input)
@@ -231,6 +234,7 @@ def estimate(
 ) -> None:
     """Estimate JOB's tokens and cost before spending anything (never sends a Messages request)."""
     from pipeline.dryrun.estimate import estimate_job, estimate_json, estimate_text
+    from pipeline.job.spec import load_job
 
     spec = load_job(job)
     if exact and not spec.api.preset.count_tokens and not sandbox:
@@ -303,6 +307,7 @@ def export(output: Path, fmt: str, to: Path | None) -> None:
 @expected_errors
 def report(output: Path, out: Path | None, job: Path | None, thumb_px: int) -> None:
     """Write an offline HTML gallery of OUTPUT: each row's image beside its answer, errors, numbers."""
+    from pipeline.job.spec import load_job
     from pipeline.review.gallery import write_gallery
 
     spec = load_job(job) if job is not None else None

@@ -1,6 +1,8 @@
 """What every CLI command shares: exit codes, the one-line error, logging, the key and the server.
 
-Never imports httpx, polars or Pillow (``--help`` stays fast); heavy modules load inside functions.
+At import it loads only click and the package's light modules (errors, provider presets), so
+``pipeline --help`` stays fast; commands import their back-ends inside the function
+(``tests/test_exported_members.py`` checks that no heavy library loads for ``--help``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.job.spec import JobSpec
+
+if TYPE_CHECKING:
+    from pipeline.job.spec import JobSpec
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 SANDBOX_KEY = "sk-sandbox-not-a-real-key"

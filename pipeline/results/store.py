@@ -32,12 +32,6 @@ from pipeline.job.spec import JobSpec
 from pipeline.results.journal import Journal, read_journal
 from pipeline.results.schema import column_order
 
-# Arrow's default allocator (mimalloc) keeps what it frees for reuse, per thread, so the final
-# compaction of a large run left tens of MB of peak RSS that never came back; the system allocator
-# returns large blocks at once. A user's own ARROW_DEFAULT_MEMORY_POOL choice is left alone.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    pa.set_memory_pool(pa.system_memory_pool())
-
 RESULTS_FILE = "results.parquet"
 PREVIOUS_FILE = "results.previous.parquet"
 JOURNAL_DIR = ".journal"
