@@ -18,7 +18,8 @@ cycle or an upward import. From the top down::
     rows                                 (2) the input -> rows; an image cell -> bytes
     job                                  (1) the job file -> a frozen JobSpec
     catalog                              facts about the outside world: models, prices, providers
-    errors, records, wire, atomic, shutdown   the base every layer may use
+    errors, records, wire, atomic,       the base every layer may use
+    shutdown, extras
 
 ``sandbox`` stands apart: a fake of the API for tests and trials that may use only ``catalog`` and
 the base, so that it never shares code with what it checks.
@@ -29,7 +30,7 @@ import typing as _typing
 
 # Lowest first; every name is a subpackage or a module directly under pipeline/.
 _LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "records", "wire", "atomic", "shutdown"}),
+    frozenset({"errors", "records", "wire", "atomic", "shutdown", "extras"}),
     frozenset({"catalog"}),
     frozenset({"job"}),
     frozenset({"rows"}),
@@ -42,7 +43,7 @@ _LAYERS: tuple[frozenset[str], ...] = (
 )
 # apart from the layers: what each may import, besides itself
 _APART: dict[str, frozenset[str]] = {
-    "sandbox": frozenset({"catalog", "errors", "records", "wire", "atomic", "shutdown"}),
+    "sandbox": frozenset({"catalog", "errors", "records", "wire", "atomic", "shutdown", "extras"}),
 }
 
 _EXPORTS = {

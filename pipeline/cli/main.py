@@ -28,6 +28,7 @@ from pipeline.cli.support import (
     setup_logging,
 )
 from pipeline.errors import ConfigError
+from pipeline.extras import require
 
 
 @click.group(
@@ -397,6 +398,7 @@ def sandbox(
     batch_expired_rate: float,
 ) -> None:
     """Serve the local sandbox that speaks the Messages API (for trying jobs and for other tools)."""
+    require("sandbox", "pipeline sandbox")
     from pipeline.sandbox import SandboxConfig, serve
     from pipeline.sandbox.config import preset_config
 

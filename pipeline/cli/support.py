@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.extras import require
 
 if TYPE_CHECKING:
     from pipeline.job.spec import JobSpec
@@ -102,6 +103,7 @@ def server_url(spec: JobSpec, *, sandbox: bool, base_url: str | None) -> Iterato
     if sandbox and base_url:
         raise ConfigError("--sandbox and --base-url both name a server; use one")
     if sandbox:
+        require("sandbox", "--sandbox")
         from pipeline.sandbox import SandboxConfig, running_sandbox
 
         with running_sandbox(SandboxConfig()) as handle:
