@@ -35,7 +35,8 @@ from pydantic import ValidationError
 from pipeline.api.batches import BatchesApi
 from pipeline.api.classify import one_line, read_error_json
 from pipeline.api.replies import parse_message
-from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, fsync_path, read_rows, row_leaders
+from pipeline.atomic import fsync_path
+from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, read_rows, row_leaders
 from pipeline.errors import ForeignBatch, RetryableApiError
 from pipeline.job.spec import RequestSpec
 from pipeline.job.toolschema import schema_violation

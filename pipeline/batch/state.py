@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from pipeline.atomic import fsync_path
 from pipeline.errors import OutputError
 
 BATCH_DIR = ".batches"
@@ -316,15 +317,6 @@ def row_leaders(rows: pa.Table) -> list[str | None]:
         return [None] * rows.num_rows  # written before dedupe in batch mode: every row was sent
     leaders: list[str | None] = rows.column("leader").to_pylist()
     return leaders
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a written file to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def not_found_message(output: Path, sub: Submission, base_url: str) -> str:

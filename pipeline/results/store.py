@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from pipeline.atomic import replace_file, write_text
 from pipeline.errors import OutputError
 from pipeline.job.spec import JobSpec
 from pipeline.results.journal import Journal, read_journal
@@ -187,18 +188,8 @@ class ResultStore:
         self.replace_results(lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=True))
 
     def replace_results(self, write: Callable[[Path], None]) -> None:
-        """Have ``write`` fill a temporary file, fsync it, and rename it over ``results.parquet``."""
-        tmp = self.directory / f".{RESULTS_FILE}.tmp-{os.getpid()}"
-        try:
-            write(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.results_path)
-            _fsync_dir(self.directory)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise OutputError(f"cannot write {self.results_path}: {exc.strerror or exc}") from None
+        """Have ``write`` fill a temporary file that then becomes ``results.parquet`` whole."""
+        replace_file(self.results_path, write)
 
     def _count(self) -> int:
         if not self.results_path.exists():
@@ -217,16 +208,6 @@ def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(column_order(frame.columns))
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is; not every platform allows it.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
     """Record the latest run's job (``OUTPUT/job.json``): images for report, prices for status."""
     note = {
@@ -240,12 +221,7 @@ def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
         "cache_ttl": spec.request.cache_ttl,
         "fingerprint": spec.request.fingerprint(),
     }
-    tmp = directory / f".{JOB_NOTE}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, directory / JOB_NOTE)
-    except OSError as exc:
-        raise OutputError(f"cannot write {directory / JOB_NOTE}: {exc.strerror or exc}") from None
+    write_text(directory / JOB_NOTE, json.dumps(note, indent=2) + "\n")
 
 
 JOB_NOTE = "job.json"

@@ -9,10 +9,8 @@ cells become base64 in CSV and JSONL. Every column and every row is kept.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from pipeline.atomic import replace_file
 from pipeline.errors import OutputError
 from pipeline.results.store import ResultStore
 
@@ -55,7 +54,7 @@ def export_results(directory: Path, fmt: Format, to: Path | None = None) -> tupl
         return target, frame.height
     if target.resolve() == (directory / "results.parquet").resolve():
         raise OutputError(f"{target} is the results file itself; export somewhere else")
-    _write_atomically(target, lambda handle: _write(frame, fmt, handle))
+    replace_file(target, lambda tmp: _write(frame, fmt, tmp))
     return target, frame.height
 
 
@@ -95,25 +94,10 @@ def _base64(value: Any) -> str:
     return base64.b64encode(bytes(value)).decode("ascii")
 
 
-def _write(frame: pl.DataFrame, fmt: Format, handle: Any) -> None:
+def _write(frame: pl.DataFrame, fmt: Format, handle: Any) -> None:  # a path or a binary file
     if fmt == "csv":
         flatten_for_csv(frame).write_csv(handle)
     elif fmt == "jsonl":
         _binary_as_base64(frame).write_ndjson(handle)
     else:
         frame.write_parquet(handle, compression="zstd")
-
-
-def _write_atomically(target: Path, write: Callable[[Any], None]) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None

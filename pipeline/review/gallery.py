@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.atomic import write_text
 from pipeline.catalog.prices import Price, price_for
 from pipeline.errors import OutputError
 from pipeline.job.spec import JobSpec, PricesSpec
@@ -115,13 +115,7 @@ def write_gallery(
     context = job_context(directory, frame, job)
     html, thumbs, missing = render_gallery(frame, context, edge=edge)
     target = out if out is not None else directory / REPORT_FILE
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    write_text(target, html)
     return GalleryInfo(target, frame.height, thumbs, missing, len(html.encode("utf-8")))
 
 
