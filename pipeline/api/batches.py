@@ -18,26 +18,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from pipeline.api.classify import classify, one_line
-from pipeline.api.client import CONNECT_TIMEOUT_S, USER_AGENT
+from pipeline.api.classify import classify, describe, one_line, transport_failure
+from pipeline.api.config import CONNECT_TIMEOUT_S, ClientConfig
+from pipeline.api.retry import RetryDetails
 from pipeline.errors import ApiError, CreateUnconfirmed, RetryableApiError
 
 log = logging.getLogger("pipeline.batch")
 
 BATCHES_PATH = "/v1/messages/batches"
 LIST_PAGE = 100
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 60.0
 UPLOAD_CHUNK = 1 << 20
 T = TypeVar("T")
 
@@ -87,18 +85,6 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchApiConfig:
-    """Where the batch endpoints are and how to authenticate; the key never shows in a repr."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-    auth: Literal["x-api-key", "bearer"] = "x-api-key"
-    anthropic_version: str = "2023-06-01"
-    timeout_s: float = 120.0
-    max_attempts: int = 8
-
-
 class BatchesApi:
     """The batch endpoints for one command. Use as ``async with BatchesApi(config) as api``.
 
@@ -108,7 +94,7 @@ class BatchesApi:
 
     def __init__(
         self,
-        config: BatchApiConfig,
+        config: ClientConfig,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -116,17 +102,12 @@ class BatchesApi:
         self.config = config
         self._transport = transport
         self._sleep = sleep
-        self._random = random.Random()
+        self._policy = config.retry_policy()
         self._http: httpx.AsyncClient | None = None
         self.calls = 0
 
     async def __aenter__(self) -> BatchesApi:
-        self._http = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=httpx.Timeout(self.config.timeout_s, connect=CONNECT_TIMEOUT_S),
-            headers={"user-agent": USER_AGENT},
-            follow_redirects=False,
-        )
+        self._http = self.config.open_http(self._transport)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,15 +123,13 @@ class BatchesApi:
         return self._http
 
     def _url(self, suffix: str = "") -> str:
-        return f"{self.config.base_url.rstrip('/')}{BATCHES_PATH}{suffix}"
+        return self.config.url(f"{BATCHES_PATH}{suffix}")
 
     def _headers(self, accept: str = "application/json") -> dict[str, str]:
-        headers = {"anthropic-version": self.config.anthropic_version, "accept": accept}
-        if self.config.auth == "bearer":
-            headers["authorization"] = f"Bearer {self.config.api_key}"
-        else:
-            headers["x-api-key"] = self.config.api_key
-        return headers
+        return self.config.headers(accept=accept)
+
+    def _transport_failure(self, exc: httpx.HTTPError) -> RetryableApiError:
+        return transport_failure(exc, timeout_s=self.config.timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S)
 
     # ------------------------------------------------------------------ calls
 
@@ -167,7 +146,7 @@ class BatchesApi:
             try:
                 response = await self.http.post(self._url(), content=_read_file(body), headers=headers)
             except httpx.HTTPError as exc:
-                raise CreateUnconfirmed(f"no answer to the create request: {_describe(exc)}") from None
+                raise CreateUnconfirmed(f"no answer to the create request: {describe(exc)}") from None
             if response.status_code >= 500 and response.status_code != 529:
                 error = classify(response.status_code, response.headers, response.content)
                 raise CreateUnconfirmed(f"the create request failed: {self._clean(error)}")
@@ -224,10 +203,8 @@ class BatchesApi:
             request = self.http.build_request("GET", url, headers=self._headers("application/binary"))
             try:
                 response = await self.http.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise RetryableApiError(_describe(exc), status=None, error_type="timeout_error") from None
             except httpx.TransportError as exc:
-                raise RetryableApiError(_describe(exc), status=None, error_type="connection_error") from None
+                raise self._transport_failure(exc) from None
             if not response.is_success:
                 body = await response.aread()
                 await response.aclose()
@@ -237,10 +214,8 @@ class BatchesApi:
         response = await self._retrying(attempt, what="results")
         try:
             yield response.aiter_lines()
-        except httpx.TimeoutException as exc:
-            raise RetryableApiError(_describe(exc), status=None, error_type="timeout_error") from None
         except httpx.TransportError as exc:
-            raise RetryableApiError(_describe(exc), status=None, error_type="connection_error") from None
+            raise self._transport_failure(exc) from None
         finally:
             await response.aclose()
 
@@ -253,10 +228,8 @@ class BatchesApi:
         self.calls += 1
         try:
             response = await self.http.request(method, url, headers=self._headers(), params=params)
-        except httpx.TimeoutException as exc:
-            raise RetryableApiError(_describe(exc), status=None, error_type="timeout_error") from None
         except httpx.TransportError as exc:
-            raise RetryableApiError(_describe(exc), status=None, error_type="connection_error") from None
+            raise self._transport_failure(exc) from None
         if not response.is_success:
             raise self._clean(classify(response.status_code, response.headers, response.content))
         return response
@@ -284,33 +257,29 @@ class BatchesApi:
             raise RetryableApiError(str(exc), status=response.status_code, error_type="parse_error") from None
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], *, what: str) -> T:
-        """Run ``call``, retrying RetryableApiError with backoff up to ``max_attempts``."""
-        attempt = 1
-        while True:
-            try:
-                return await call()
-            except RetryableApiError as error:
-                if attempt >= self.config.max_attempts:
-                    error.attempts = attempt
-                    raise
-                wait = self._wait(error, attempt)
-                log.info("batch %s failed (attempt %d): %s; retrying in %.1f s", what, attempt, error, wait)
-                await self._sleep(wait)
-                attempt += 1
+        """Run ``call`` under the retry policy every provider call shares (:mod:`pipeline.api.retry`)."""
 
-    def _wait(self, error: ApiError, attempt: int) -> float:
-        if error.retry_after is not None:
-            return min(error.retry_after, BACKOFF_CAP_S)
-        ceiling = min(BACKOFF_BASE_S * 2.0 ** min(attempt - 1, 16), BACKOFF_CAP_S)
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+        def before_sleep(details: RetryDetails) -> None:
+            log.info(
+                "batch %s failed (attempt %d): %s; retrying in %.1f s",
+                what,
+                details.attempt,
+                details.error,
+                details.wait_s,
+            )
+
+        async for attempt in self._policy.retrying(sleep=self._sleep, before_sleep=before_sleep):
+            with attempt:
+                try:
+                    return await call()
+                except ApiError as error:
+                    error.attempts = attempt.retry_state.attempt_number
+                    raise
+        raise AssertionError("the retry loop ends by returning or raising")
 
     def _clean(self, error: ApiError) -> ApiError:
         """Blank the key out of a server-supplied message (a proxy may echo headers)."""
-        key = self.config.api_key
-        if key and key in error.message:
-            error.message = error.message.replace(key, "[redacted]")
-            error.args = (error.message,)
-        return error
+        return self.config.redact(error)
 
 
 async def _read_file(path: Path) -> AsyncIterator[bytes]:
@@ -321,11 +290,6 @@ async def _read_file(path: Path) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         handle.close()
-
-
-def _describe(exc: Exception) -> str:
-    text = one_line(str(exc), 160)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def dump_line(record: Any) -> str:

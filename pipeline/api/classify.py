@@ -1,5 +1,12 @@
-"""Every failure of a provider call becomes a typed ``ApiError`` here, for the Messages and the
-Batches endpoints alike: a status, headers and body, an error event after a 200, or no answer."""
+"""Every failure of a provider call becomes a typed ``ApiError`` here, for every endpoint alike.
+
+Four ways a call fails, one function each: a failed response (:func:`classify`: status, headers
+and body, HTML error pages included), an ``error`` event or error body after a 200
+(:func:`error_from_event`), no usable answer at all (:func:`transport_failure`: timeouts, refused
+or dropped connections), and a 2xx that cannot be read (:func:`parse_failure`). The class says what
+happens next: retry (:class:`RetryableApiError`), give up on this request
+(:class:`PermanentApiError`) or stop the run (:class:`FatalApiError`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from collections.abc import Mapping
 from datetime import UTC
 from http import HTTPStatus
 from typing import Any
+
+import httpx
 
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 
@@ -227,11 +236,32 @@ def _positive_float(value: str | None) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _parse_error(message: str, status: int, request_id: str | None) -> RetryableApiError:
-    # a garbled 2xx is usually a proxy or a truncated body: worth another attempt
+def parse_failure(message: str, status: int, request_id: str | None = None) -> RetryableApiError:
+    """A 2xx whose body cannot be read: usually a proxy or a truncated body, so worth another attempt."""
     return RetryableApiError(message, status=status, error_type="parse_error", request_id=request_id)
 
 
-def _describe(exc: Exception) -> str:
+def transport_failure(
+    exc: httpx.HTTPError, *, timeout_s: float, connect_timeout_s: float
+) -> RetryableApiError:
+    """The error for a call that got no usable answer: timed out, refused, reset, or dropped mid-reply.
+
+    All are retryable: the next attempt may get through. The message says which limit ran out.
+    """
+    if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout):
+            limit = f"no connection within {connect_timeout_s:g} s"
+        elif isinstance(exc, httpx.PoolTimeout):
+            limit = f"no free pooled connection within {timeout_s:g} s"
+        else:
+            limit = f"timeout {timeout_s:g} s"
+        return RetryableApiError(f"{describe(exc)} ({limit})", status=None, error_type="timeout_error")
+    if isinstance(exc, httpx.DecodingError):
+        return RetryableApiError(describe(exc), status=None, error_type="parse_error")
+    return RetryableApiError(describe(exc), status=None, error_type="connection_error")
+
+
+def describe(exc: Exception) -> str:
+    """An exception as ``Type: message`` on one line."""
     text = one_line(str(exc), 160)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

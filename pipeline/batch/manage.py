@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo
+from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.batch.state import BatchLog, Submission, not_found_message
 from pipeline.errors import ConfigError, OutputError, PermanentApiError
 from pipeline.results.lock import locked_output
@@ -71,8 +71,7 @@ async def batch_status(
     submissions = BatchLog(output).submissions()
     infos: dict[str, BatchInfo | str] = {}
     if options is not None:
-        config = BatchApiConfig(options.base_url, options.api_key, options.auth, options.anthropic_version)
-        async with BatchesApi(config, transport=transport) as api:
+        async with BatchesApi(options.client_config(), transport=transport) as api:
             for sub in submissions:
                 if sub.phase == "submitted" and sub.batch_id is not None:
                     try:

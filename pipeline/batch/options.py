@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.api.config import ClientConfig
 from pipeline.batch.state import Submission
 from pipeline.errors import FatalApiError
 from pipeline.records import Summary
@@ -30,6 +31,17 @@ class BatchOptions:
     anthropic_version: str = "2023-06-01"
     timeout_s: float = 120.0
     max_attempts: int = 8
+
+    def client_config(self) -> ClientConfig:
+        """The batch endpoints' connection: the same value (and retry policy) as the Messages client's."""
+        return ClientConfig(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            auth=self.auth,
+            anthropic_version=self.anthropic_version,
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+        )
 
 
 @dataclass(frozen=True, slots=True)

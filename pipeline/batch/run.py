@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.api.batches import BatchApiConfig, BatchesApi, BatchInfo
+from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -91,15 +91,7 @@ async def run_batch(
             store.start_fresh()
         else:
             store.compact()
-        config = BatchApiConfig(
-            base_url=options.base_url,
-            api_key=options.api_key,
-            auth=options.auth,
-            anthropic_version=options.anthropic_version,
-            timeout_s=options.timeout_s,
-            max_attempts=options.max_attempts,
-        )
-        async with BatchesApi(config, transport=transport) as api:
+        async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, spec, options)
             return await engine.run(started)
 
@@ -113,8 +105,7 @@ async def cancel_batches(
     lines: list[str] = []
     with locked_output(options.output):
         batch_log = BatchLog(options.output)
-        config = BatchApiConfig(options.base_url, options.api_key, options.auth, options.anthropic_version)
-        async with BatchesApi(config, transport=transport) as api:
+        async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, None, options)
             await engine.reconcile()
             lines.extend(engine.notes)

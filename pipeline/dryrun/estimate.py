@@ -17,7 +17,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -465,15 +465,12 @@ async def _estimate_row(
 async def _count_sample(
     spec: JobSpec, base_url: str, api_key: str, sample: list[tuple[MessagePayload, int]]
 ) -> ExactCheck:
-    config = ClientConfig(
-        base_url=base_url,
-        api_key=api_key,
-        auth=spec.api.auth,
-        anthropic_version=spec.api.anthropic_version,
-        timeout_s=spec.limits.timeout_s,
-        max_attempts=spec.limits.max_attempts,
-        concurrency=4,
+    # count_tokens has a limit of its own: pace to it, not to the job's Messages limits
+    config = replace(
+        ClientConfig.for_job(spec, base_url=base_url, api_key=api_key, concurrency=4),
         requests_per_minute=COUNT_TOKENS_PER_MINUTE,
+        input_tokens_per_minute=None,
+        output_tokens_per_minute=None,
     )
     async with MessagesClient(config) as client:
         counted = await asyncio.gather(*(client.count_tokens(payload) for payload, _ in sample))

@@ -172,18 +172,7 @@ async def _run_locked(
     if request.cache and (note := cache_shortfall(request)):
         log.warning("%s", note)
     limits = spec.limits
-    config = ClientConfig(
-        base_url=options.base_url,
-        api_key=options.api_key,
-        auth=spec.api.auth,
-        anthropic_version=spec.api.anthropic_version,
-        timeout_s=limits.timeout_s,
-        max_attempts=limits.max_attempts,
-        concurrency=limits.concurrency,
-        requests_per_minute=limits.requests_per_minute,
-        input_tokens_per_minute=limits.input_tokens_per_minute,
-        output_tokens_per_minute=limits.output_tokens_per_minute,
-    )
+    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
     price = price_for(request.model, spec.prices)
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.api.batches import BatchApiConfig, BatchesApi
+from pipeline.api.batches import BatchesApi
+from pipeline.api.config import ClientConfig
 from pipeline.errors import CreateUnconfirmed, PermanentApiError
 
 KEY = "sk-ant-secret-key-123"
@@ -54,7 +55,7 @@ async def create(tmp_path: Path, transport: httpx.MockTransport) -> Any:
     body.write_text(
         json.dumps({"requests": [{"custom_id": "a", "params": {}}, {"custom_id": "b", "params": {}}]})
     )
-    config = BatchApiConfig("http://api.test", KEY, max_attempts=3)
+    config = ClientConfig("http://api.test", KEY, max_attempts=3)
     async with BatchesApi(config, transport=transport, sleep=no_sleep) as api:
         return await api.create(body)
 
@@ -122,7 +123,7 @@ async def test_list_since_pages_until_batches_are_older(tmp_path: Path) -> None:
         page([("b1", "2026-11-27T07:00:00Z"), ("b0", "2026-11-27T06:00:00Z")], True),
     )
     since = datetime.fromisoformat("2026-11-27T08:00:00+00:00")
-    async with BatchesApi(BatchApiConfig("http://api.test", KEY), transport=transport) as api:
+    async with BatchesApi(ClientConfig("http://api.test", KEY), transport=transport) as api:
         found = await api.list_since(since)
     assert [b.id for b in found] == ["b3", "b2"]
     assert seen[1].url.params["after_id"] == "b2"

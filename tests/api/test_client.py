@@ -19,7 +19,8 @@ import pytest
 
 from fakes import FakeClock
 from pipeline.api.classify import classify, html_summary, parse_retry_after
-from pipeline.api.client import ClientConfig, MessagesClient, RetryDetails
+from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.retry import RetryDetails
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 from pipeline.records import ToolCall, Usage
 from pipeline.wire import MessagePayload
