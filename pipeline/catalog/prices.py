@@ -1,24 +1,20 @@
 """What tokens cost: the price table shipped with the package, a job's override, and usage -> dollars.
 
-Owns: reading ``data/prices.toml`` (with the date it was read and its source), matching a model id
-to its price (exact name or name plus a date suffix; an unknown model has no price rather than a
-guessed one), and the batch and prompt-cache multipliers. Pure apart from reading the data file.
+Owns: a model's price from the model table (``data/models.toml``, with the date it was read and
+its source page; an unknown model has no price rather than a guessed one), a job's ``[prices]``
+override, and the batch and prompt-cache multipliers. Pure apart from reading the data file.
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass, replace
 from functools import cache
-from importlib import resources
-from typing import Any, Literal
+from typing import Literal, Protocol
 
-from pipeline.job.spec import PricesSpec
+from pipeline.catalog.models import model_table
 from pipeline.records import Usage
 
 PER_TOKEN = 1e-6  # prices are quoted per million tokens
-_DATE_SUFFIX = re.compile(r"-\d{8}$")
 CacheTtl = Literal["5m", "1h"]
 
 
@@ -51,63 +47,52 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class PriceBook:
-    """The shipped price table."""
+    """The shipped prices: every model of the model table that has one."""
 
     read_on: str
     source: str
-    prices: tuple[tuple[tuple[str, ...], Price], ...]
 
     def find(self, model: str) -> Price | None:
         """The price of ``model``, or None when the table does not know it (never a guess)."""
-        wanted = normalise_model(model)
-        for names, price in self.prices:
-            if wanted in names:
-                return replace(price, model=model)
-        undated = _DATE_SUFFIX.sub("", wanted)
-        for names, price in self.prices:
-            if undated in names:
-                return replace(price, model=model)
-        return None
-
-
-def normalise_model(model: str) -> str:
-    """``anthropic/claude-sonnet-4.5`` (AI/ML API spelling) -> ``claude-sonnet-4-5``."""
-    name = model.strip().lower().removeprefix("anthropic/")
-    return name.replace(".", "-")
+        facts = model_table().find(model)
+        if facts is None or facts.price_input is None or facts.price_output is None:
+            return None
+        multipliers = model_table().multipliers
+        read = multipliers["cache_read"]
+        if facts.cache_read_price is not None and facts.price_input:
+            read = facts.cache_read_price / facts.price_input
+        page = next((url for url in facts.sources if "pricing" in url), self.source)
+        return Price(
+            model=model,
+            input=facts.price_input,
+            output=facts.price_output,
+            batch_multiplier=multipliers["batch"],
+            cache_write_5m_multiplier=multipliers["cache_write_5m"],
+            cache_write_1h_multiplier=multipliers["cache_write_1h"],
+            cache_read_multiplier=read,
+            source=f"{page} (read {self.read_on})",
+        )
 
 
 @cache
 def price_book() -> PriceBook:
-    """The price table shipped in ``pipeline/data/prices.toml``."""
-    text = resources.files("pipeline").joinpath("data/prices.toml").read_text(encoding="utf-8")
-    raw: dict[str, Any] = tomllib.loads(text)
-    source = f"{raw['source']} (read {raw['read_on']})"
-    multipliers = {
-        key: float(raw[key])
-        for key in (
-            "batch_multiplier",
-            "cache_write_5m_multiplier",
-            "cache_write_1h_multiplier",
-            "cache_read_multiplier",
-        )
-    }
-    prices = tuple(
-        (
-            tuple(entry["names"]),
-            Price(
-                model=entry["names"][0],
-                input=float(entry["input"]),
-                output=float(entry["output"]),
-                source=source,
-                **multipliers,
-            ),
-        )
-        for entry in raw["model"]
-    )
-    return PriceBook(read_on=str(raw["read_on"]), source=str(raw["source"]), prices=prices)
+    """The prices shipped in ``pipeline/data/models.toml``."""
+    table = model_table()
+    return PriceBook(read_on=table.read_on, source=table.multiplier_sources[0])
 
 
-def price_for(model: str, override: PricesSpec | None = None) -> Price | None:
+class PriceOverride(Protocol):
+    """A job's own prices (the ``[prices]`` table): dollars per MTok, and optionally the batch share."""
+
+    @property
+    def input(self) -> float: ...
+    @property
+    def output(self) -> float: ...
+    @property
+    def batch_multiplier(self) -> float | None: ...
+
+
+def price_for(model: str, override: PriceOverride | None = None) -> Price | None:
     """The job's ``[prices]`` override when it has one, else the shipped price of ``model`` (or None)."""
     if override is None:
         return price_book().find(model)

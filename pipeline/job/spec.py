@@ -17,27 +17,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.catalog.models import model_facts
 from pipeline.catalog.providers import PRESETS, Provider, ProviderName, preset, unsupported_features
 from pipeline.errors import SpecError
 
-# max_tokens above this cannot be sent without streaming (SDK guard: 3600*max_tokens/128000 > 600 s)
-NON_STREAMING_MAX_TOKENS = 21_333
-# tighter non-streaming caps for some models (the SDK's MODEL_NONSTREAMING_TOKENS, anthropic 0.116+)
-MODEL_NON_STREAMING_MAX_TOKENS = {
-    "claude-opus-4-20250514": 8_192,
-    "claude-opus-4-0": 8_192,
-    "claude-4-opus-20250514": 8_192,
-    "anthropic.claude-opus-4-20250514-v1:0": 8_192,
-    "claude-opus-4@20250514": 8_192,
-    "claude-opus-4-1-20250805": 8_192,
-    "anthropic.claude-opus-4-1-20250805-v1:0": 8_192,
-    "claude-opus-4-1@20250805": 8_192,
-}
 TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
-# Context windows (reference §12): 1M tokens for these families, 200k for every other model.
-LONG_CONTEXT_PREFIXES = ("claude-opus-5", "claude-sonnet-5", "claude-fable-5", "claude-mythos-5")
-LONG_CONTEXT_TOKENS = 1_000_000
-DEFAULT_CONTEXT_TOKENS = 200_000
 # Settings added after outputs existed: hashed only when set, so their arrival invalidates nothing.
 FINGERPRINTED_WHEN_SET = ("image_max_pixels",)
 # Settings that decide whether a row is sent, not what the answer is: kept out of the fingerprint so
@@ -141,7 +125,7 @@ class RequestSpec(_Strict):
     @property
     def streaming(self) -> bool:
         """Whether requests go out as SSE streams: on request, or forced by a max_tokens too large without."""
-        cap = MODEL_NON_STREAMING_MAX_TOKENS.get(self.model, NON_STREAMING_MAX_TOKENS)
+        cap = model_facts(self.model).nonstreaming_max_tokens
         return self.max_tokens > cap or bool(self.stream)
 
     @property
@@ -154,7 +138,7 @@ class RequestSpec(_Strict):
         """Most input tokens one request may hold: ``max_input_tokens``, else the model's context window."""
         if self.max_input_tokens is not None:
             return self.max_input_tokens
-        return LONG_CONTEXT_TOKENS if self.model.startswith(LONG_CONTEXT_PREFIXES) else DEFAULT_CONTEXT_TOKENS
+        return model_facts(self.model).context_window
 
     def fingerprint(self) -> str:
         """A hash of everything that shapes the answer; a change means old answers are stale."""

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.catalog.prices import normalise_model
+from pipeline.catalog.models import model_facts
 from pipeline.job.spec import RequestSpec
 from pipeline.payloads.build import system_text, tool_params
 from pipeline.payloads.images import PreparedImage
@@ -32,48 +32,16 @@ NEWER_TOKENIZER_FACTOR = 1.3
 PIXELS_PER_TOKEN = 750
 # role markers and turn boundaries around each message: a handful of tokens (count_tokens shows them)
 FRAMING_TOKENS_PER_MESSAGE = 5
-# (long edge the API shrinks to, most tokens one image costs): before Claude 4.7, and from 4.7 on
-IMAGE_TIER = (1568, 1568)
-IMAGE_TIER_NEWER = (2576, 4784)
-_NEWER = (
-    "claude-opus-4-7",
-    "claude-opus-4-8",
-    "claude-opus-5",
-    "claude-sonnet-5",
-    "claude-haiku-5",
-    "claude-fable-5",
-    "claude-mythos-5",
-)
-# Minimum cacheable prefix (reference §10), by model id prefix; the longest matching prefix wins.
-MIN_CACHEABLE_TOKENS = {
-    "claude-opus-5": 512,
-    "claude-fable-5": 512,
-    "claude-mythos-5": 512,
-    "claude-opus-4-8": 1024,
-    "claude-sonnet-5": 1024,
-    "claude-sonnet-4-6": 1024,
-    "claude-sonnet-4-5": 1024,
-    "claude-sonnet-4": 1024,
-    "claude-opus-4-1": 1024,
-    "claude-opus-4": 1024,
-    "claude-opus-4-7": 2048,
-    "claude-3-5-haiku": 2048,
-    "claude-opus-4-6": 4096,
-    "claude-opus-4-5": 4096,
-    "claude-haiku-4-5": 4096,
-}
 
 
 def newer_tokenizer(model: str) -> bool:
-    """Whether ``model`` is Claude 4.7 or later (newer tokenizer, larger image tier)."""
-    return normalise_model(model).startswith(_NEWER)
+    """Whether ``model`` uses the tokenizer of Claude 4.7 and later (the model table says)."""
+    return model_facts(model).newer_tokenizer
 
 
 def min_cacheable_tokens(model: str) -> int | None:
-    """The shortest prefix ``model`` caches, or None when the reference does not say."""
-    name = normalise_model(model)
-    matches = [prefix for prefix in MIN_CACHEABLE_TOKENS if name.startswith(prefix)]
-    return MIN_CACHEABLE_TOKENS[max(matches, key=len)] if matches else None
+    """The shortest prefix ``model`` caches, or None when the model table does not say."""
+    return model_facts(model).min_cache_tokens
 
 
 def text_tokens(text: str, model: str, *, chars_per_token: float = PROSE_CHARS_PER_TOKEN) -> int:
@@ -88,7 +56,8 @@ def text_tokens(text: str, model: str, *, chars_per_token: float = PROSE_CHARS_P
 
 def image_tokens(width: int, height: int, model: str) -> int:
     """Likely tokens of an image sent at ``width`` x ``height``, after the API's own shrinking."""
-    edge, cap = IMAGE_TIER_NEWER if newer_tokenizer(model) else IMAGE_TIER
+    facts = model_facts(model)
+    edge, cap = facts.image_long_edge, facts.image_max_tokens
     scale = min(1.0, edge / max(width, height, 1))
     pixels = round(width * scale) * round(height * scale)
     return max(1, min(cap, math.ceil(pixels / PIXELS_PER_TOKEN)))

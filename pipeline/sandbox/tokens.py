@@ -21,45 +21,21 @@ from __future__ import annotations
 import math
 import re
 
+from pipeline.catalog.models import model_facts
+
 _PIECES = re.compile(r"\s+|[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 LETTERS_PER_TOKEN = 7
 DIGITS_PER_TOKEN = 3
 NEW_TOKENIZER_FACTOR = 1.3
 PATCH_PX = 28
-# Model id prefixes that use the newer tokenizer and the larger image tier (reference §3, §9).
-_NEW_GENERATION = (
-    "claude-opus-4-7",
-    "claude-opus-4-8",
-    "claude-opus-5",
-    "claude-sonnet-5",
-    "claude-haiku-5",
-    "claude-fable-5",
-    "claude-mythos-5",
-)
-# Minimum cacheable prefix in tokens, by model id prefix (reference §10); longest prefix wins.
-_MIN_CACHEABLE = (
-    ("claude-opus-4-8", 1024),
-    ("claude-opus-4-7", 2048),
-    ("claude-opus-4-6", 4096),
-    ("claude-opus-4-5", 4096),
-    ("claude-opus-4-1", 1024),
-    ("claude-opus-4", 1024),
-    ("claude-opus-5", 512),
-    ("claude-fable-5", 512),
-    ("claude-mythos-5", 512),
-    ("claude-sonnet-5", 1024),
-    ("claude-sonnet-4", 1024),
-    ("claude-haiku-4-5", 4096),
-    ("claude-3-5-haiku", 2048),
-    ("claude-haiku-3-5", 2048),
-)
+# a model the table does not know caches like most models do
 DEFAULT_MIN_CACHEABLE = 1024
 CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 
 def new_generation(model: str) -> bool:
-    """Whether ``model`` uses the newer tokenizer and image tier (Claude 4.7 and later)."""
-    return model.startswith(_NEW_GENERATION)
+    """Whether ``model`` uses the newer tokenizer (Claude 4.7 and later), as the model table says."""
+    return model_facts(model).newer_tokenizer
 
 
 def raw_text_tokens(text: str) -> int:
@@ -85,7 +61,8 @@ def scale_text_tokens(raw: int, model: str) -> int:
 
 def image_tokens(width: int, height: int, model: str) -> int:
     """Tokens of an image as sent, after the API's own resizing for ``model``."""
-    edge, cap = (2576, 4784) if new_generation(model) else (1568, 1568)
+    facts = model_facts(model)
+    edge, cap = facts.image_long_edge, facts.image_max_tokens
     scale = min(1.0, edge / max(width, height))
     w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
     while math.ceil(w / PATCH_PX) * math.ceil(h / PATCH_PX) > cap:
@@ -95,9 +72,6 @@ def image_tokens(width: int, height: int, model: str) -> int:
 
 
 def min_cacheable_tokens(model: str) -> int:
-    """The shortest prefix ``model`` caches (reference §10)."""
-    best = ("", DEFAULT_MIN_CACHEABLE)
-    for prefix, minimum in _MIN_CACHEABLE:
-        if model.startswith(prefix) and len(prefix) > len(best[0]):
-            best = (prefix, minimum)
-    return best[1]
+    """The shortest prefix ``model`` caches (the model table's figure, else the usual 1,024)."""
+    minimum = model_facts(model).min_cache_tokens
+    return DEFAULT_MIN_CACHEABLE if minimum is None else minimum

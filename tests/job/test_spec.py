@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from jobkit import toml_value
 from pipeline.errors import SpecError
-from pipeline.job.spec import NON_STREAMING_MAX_TOKENS, JobSpec, load_job, parse_job, template_fields
+from pipeline.job.spec import JobSpec, load_job, parse_job, template_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {
@@ -94,7 +94,8 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 def test_streaming_forced_above_non_streaming_cap() -> None:
     """A max_tokens above what a non-streaming request may take turns streaming on."""
     small = parse_job(_with(), Path("j.toml")).request
-    big = parse_job(_with(max_tokens=NON_STREAMING_MAX_TOKENS + 1, stream=False), Path("j.toml")).request
+    # the official SDK refuses a non-streaming request above 21,333 max_tokens (8,192 on Opus 4/4.1)
+    big = parse_job(_with(max_tokens=21_334, stream=False), Path("j.toml")).request
     asked = parse_job(_with(stream=True), Path("j.toml")).request
     opus_4 = parse_job(_with(model="claude-opus-4-1-20250805", max_tokens=10_000), Path("j.toml")).request
     assert (small.streaming, big.streaming, asked.streaming, opus_4.streaming) == (False, True, True, True)
