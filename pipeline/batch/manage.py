@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.batch.state import BatchLog, Submission, not_found_message
 from pipeline.errors import ConfigError, OutputError, PermanentApiError
 from pipeline.results.lock import locked_output
+
+if TYPE_CHECKING:
+    import httpx
 
 if TYPE_CHECKING:
     from pipeline.batch.options import BatchOptions

@@ -28,14 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.batch.collect import BatchTally, Collector
@@ -52,23 +47,23 @@ from pipeline.errors import (
     RowError,
 )
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
-from pipeline.payloads.build import request_key
-from pipeline.payloads.prepare import open_job_input, prepare_request
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Result, Row, Summary
 from pipeline.results.journal import Journal
 from pipeline.results.lock import locked_output
 from pipeline.results.schema import output_schema
 from pipeline.results.store import ResultStore, note_job
-from pipeline.rows.media import load_image
+from pipeline.rows.media import download_client, online_loader
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
-from pipeline.wire import MessagePayload
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("pipeline.batch")
 progress = logging.getLogger("pipeline.run")  # shown without -v, like realtime progress lines
 
 ORPHAN_SKEW = timedelta(minutes=5)
-READ_ROWS = 500
 
 
 async def run_batch(
@@ -343,69 +338,47 @@ class _Engine:
         )
         schema = output_schema(table.arrow_schema, spec.request)
         note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
-        slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
-        dedupes = spec.request.dedupes
-        rows = iter_rows(table, limit=options.limit)
+        adding = asyncio.Lock()  # one batch body is filled at a time, in the order rows come ready
+
+        def wanted(sourced: SourcedRow) -> bool:
+            row = sourced.row
+            self.rows_seen += 0 if self._passes else 1
+            if settled.get(row.row_id) == row.content_hash:
+                # counted once: later passes of a --wait run see this invocation's own rows
+                self.skipped += 0 if self._passes else 1
+                return False
+            if row.row_id in pending or row.row_id in self._unsendable:
+                return False  # pending in a batch, or an earlier pass of this invocation could not build it
+            if prior.get(row.row_id, 0) + 1 > self.settings.max_attempts:
+                self.exhausted += 1
+                return False
+            return True
+
+        async def add(prepared: Prepared) -> None:
+            failure = prepared.error
+            if failure is None and prepared.payload is not None:
+                attempt = prior.get(prepared.row.row_id, 0) + 1
+                try:
+                    async with adding:
+                        # identical requests in one batch are sent once (dedupe, as in realtime mode)
+                        await submitter.add(prepared.row, prepared.payload, attempt, key=prepared.key)
+                except RowError as exc:
+                    failure = exc
+            if failure is not None:
+                self._record_error(schema, prepared.row, fingerprint, failure)
+
         try:
-            async with httpx.AsyncClient(
-                follow_redirects=True, headers={"user-agent": "pipeline/0.1"}
-            ) as http:
-
-                async def prepare(sourced: SourcedRow) -> tuple[MessagePayload, str | None] | RowError:
-                    async def load(cell: str, base_dir: Path) -> bytes:
-                        return await load_image(
-                            cell,
-                            base_dir=base_dir,
-                            http=http,
-                            root=spec.request.image_root,
-                            timeout_s=spec.limits.timeout_s,
-                        )
-
-                    async with slots:
-                        try:
-                            payload, _, _ = await prepare_request(spec.request, sourced, load)
-                        except RowError as exc:
-                            return exc
-                        # the preparing boundary: a decoder's surprise is this row's error
-                        except Exception as exc:
-                            log.exception("unexpected error preparing row %s", sourced.row.row_id)
-                            return RowError(str(exc) or type(exc).__name__, error_type=type(exc).__name__)
-                        if not dedupes:
-                            return payload, None
-                        # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
-                        has_images = len(payload["messages"][0]["content"]) > 1
-                        if has_images:
-                            return payload, await asyncio.to_thread(request_key, payload)
-                        return payload, request_key(payload)
-
-                while not self.stop.is_set() and (batch := await asyncio.to_thread(_take, rows)):
-                    todo: list[tuple[SourcedRow, int]] = []
-                    for sourced in batch:
-                        row = sourced.row
-                        self.rows_seen += 0 if self._passes else 1
-                        if settled.get(row.row_id) == row.content_hash:
-                            # counted once: later passes of a --wait run see this invocation's own rows
-                            self.skipped += 0 if self._passes else 1
-                            continue
-                        if row.row_id in pending or row.row_id in self._unsendable:
-                            continue  # an earlier pass of this invocation could not build it
-                        attempt = prior.get(row.row_id, 0) + 1
-                        if attempt > self.settings.max_attempts:
-                            self.exhausted += 1
-                            continue
-                        todo.append((sourced, attempt))
-                    prepared = await asyncio.gather(*(prepare(sourced) for sourced, _ in todo))
-                    for (sourced, attempt), made in zip(todo, prepared, strict=True):
-                        failure = made if isinstance(made, RowError) else None
-                        if not isinstance(made, RowError):
-                            payload, key = made
-                            try:
-                                # identical requests in one batch are sent once (dedupe, as in realtime mode)
-                                await submitter.add(sourced.row, payload, attempt, key=key)
-                            except RowError as exc:
-                                failure = exc
-                        if failure is not None:
-                            self._record_error(schema, sourced.row, fingerprint, failure)
+            async with download_client() as http:
+                load = online_loader(http, root=spec.request.image_root, timeout_s=spec.limits.timeout_s)
+                await prepare_rows(
+                    spec.request,
+                    iter_rows(table, limit=options.limit),
+                    load,
+                    add,
+                    wanted=wanted,
+                    keys=spec.request.dedupes,
+                    stopping=self.stop.is_set,
+                )
                 if self.stop.is_set():
                     submitter.discard()  # never sent, so never paid: the next invocation submits these rows
                 else:
@@ -513,10 +486,6 @@ def _stored_settings(batch_log: BatchLog) -> BatchSpec:
 
 def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
-
-
-def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
-    return [row for _, row in zip(range(READ_ROWS), rows, strict=False)]
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -1,6 +1,6 @@
 """Turning rows into batches: the same payloads as realtime mode, split by count and measured size.
 
-Each row goes through :func:`pipeline.realtime.run.prepare_request` (images, tools, size checks), loses
+Each row goes through :func:`pipeline.payloads.prepare.prepare_rows` (images, tools, size checks), loses
 ``stream`` (not allowed in a batch), and becomes one ``{"custom_id", "params"}`` item, encoded once.
 Items are appended to a request body on disk (``.batches/<key>.body.json``), so a 256 MB batch is
 never held in memory; a batch is closed and sent when the next item would take it over

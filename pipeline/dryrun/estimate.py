@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ import polars as pl
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.catalog.prices import CacheTtl, Price, describe_price, price_for
 from pipeline.dryrun.validate import row_problem
-from pipeline.errors import OutputError, RowError
+from pipeline.errors import OutputError
 from pipeline.job.spec import JobSpec
-from pipeline.payloads.build import request_key, system_text
-from pipeline.payloads.images import PreparedImage
-from pipeline.payloads.prepare import open_job_input, prepare_request
+from pipeline.payloads.build import system_text
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
 from pipeline.records import Usage
 from pipeline.results.store import NOT_RETRIED_BY_DEFAULT, ResultStore
@@ -391,64 +389,56 @@ def _earlier_results(output: Path, fingerprint: str) -> tuple[dict[str, str], tu
 
 async def _walk_rows(
     spec: JobSpec,
-    rows: Iterable[SourcedRow],
+    rows: Iterator[SourcedRow],
     settled: dict[str, str],
     walk: _Walk,
     rng: random.Random,
     sample: int,
 ) -> None:
-    slots = asyncio.Semaphore((os.cpu_count() or 2) * 2)
-    async with asyncio.TaskGroup() as group:
-        for sourced in rows:
-            walk.rows_total += 1
-            if settled.get(sourced.row.row_id) == sourced.row.content_hash:
-                walk.rows_done += 1
-                continue
-            walk.rows_to_do += 1
-            await slots.acquire()
-            group.create_task(_estimate_row(spec, sourced, walk, slots, rng, sample))
-
-
-async def _estimate_row(
-    spec: JobSpec,
-    sourced: SourcedRow,
-    walk: _Walk,
-    slots: asyncio.Semaphore,
-    rng: random.Random,
-    sample: int,
-) -> None:
     request = spec.request
-    row = sourced.row
 
     def remote() -> None:
         walk.remote_images += 1
 
+    def wanted(sourced: SourcedRow) -> bool:
+        walk.rows_total += 1
+        if settled.get(sourced.row.row_id) == sourced.row.content_hash:
+            walk.rows_done += 1
+            return False
+        walk.rows_to_do += 1
+        return True
+
+    async def count(prepared: Prepared) -> None:
+        _count_request(walk, prepared, rng, sample)
+
     load = offline_loader(request.image_root, remote)
-    images: list[PreparedImage] = []
-    try:
-        payload, _, _ = await prepare_request(request, sourced, load, prepared=images)
-    except RowError as exc:
+    await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
+
+
+def _count_request(walk: _Walk, prepared: Prepared, rng: random.Random, sample: int) -> None:
+    """Add one prepared row to the totals: its tokens, images, cache prefix and the sample."""
+    payload = prepared.payload
+    if prepared.error is not None or payload is None:
         walk.unsendable += 1
-        if len(walk.problems) < MAX_PROBLEMS:
-            walk.problems.append(row_problem(row, exc))
+        if len(walk.problems) < MAX_PROBLEMS and prepared.error is not None:
+            walk.problems.append(row_problem(prepared.row, prepared.error))
         return
-    finally:
-        slots.release()
-    if request.dedupes:
-        key = bytes.fromhex(request_key(payload))[:16]
+    if prepared.key is not None:
+        key = bytes.fromhex(prepared.key)[:16]
         if key in walk.seen:
             walk.shared += 1  # answered by the identical request of an earlier row: costs nothing
             return
         walk.seen.add(key)
     walk.requests += 1
+    images = prepared.images
     tokens: RequestTokens = request_tokens(payload, images)
     walk.text += tokens.text
     walk.prefix += tokens.prefix
     walk.image_tokens += tokens.images
     prefix_text = system_text(payload) + json.dumps(payload.get("tools", []), sort_keys=True)
     prefix = hashlib.sha256(prefix_text.encode("utf-8", "surrogatepass")).digest()[:16]
-    _, count = walk.prefixes.get(prefix, (0, 0))
-    walk.prefixes[prefix] = (tokens.prefix, count + 1)
+    _, seen = walk.prefixes.get(prefix, (0, 0))
+    walk.prefixes[prefix] = (tokens.prefix, seen + 1)
     for image in images:
         walk.images += 1
         walk.pixels += image.width * image.height

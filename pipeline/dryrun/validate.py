@@ -8,13 +8,10 @@ and left for the run to check, so a row's size is checked without them.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.errors import RowError
 from pipeline.job.spec import JobSpec
-from pipeline.payloads.prepare import open_job_input, prepare_request
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
 from pipeline.rows.media import offline_loader
 from pipeline.rows.reader import SourcedRow, iter_rows
@@ -33,35 +30,25 @@ class ValidationReport:
 def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
     """Open the input (InputError if the job cannot run) and check every row offline."""
     table = open_job_input(spec, input_pattern)
-    return asyncio.run(_check_rows(spec, iter_rows(table)))
-
-
-async def _check_rows(spec: JobSpec, rows: Iterable[SourcedRow]) -> ValidationReport:
     report = ValidationReport()
-    slots = asyncio.Semaphore((os.cpu_count() or 2) * 2)
-    async with asyncio.TaskGroup() as group:
-        for sourced in rows:
-            report.rows += 1
-            await slots.acquire()
-            group.create_task(_check_row(spec, sourced, report, slots))
-    report.problems.sort(key=lambda line: int(line.split(" ", 2)[1]))
-    return report
 
-
-async def _check_row(
-    spec: JobSpec, sourced: SourcedRow, report: ValidationReport, slots: asyncio.Semaphore
-) -> None:
     def remote() -> None:
         report.remote_images += 1
 
+    def count(_: SourcedRow) -> bool:
+        report.rows += 1
+        return True
+
+    async def check(prepared: Prepared) -> None:
+        if prepared.error is not None:
+            report.problems.append(row_problem(prepared.row, prepared.error))
+        else:
+            report.images += prepared.image_count
+
     load = offline_loader(spec.request.image_root, remote)
-    try:
-        _, _, images = await prepare_request(spec.request, sourced, load)
-        report.images += images
-    except RowError as exc:
-        report.problems.append(row_problem(sourced.row, exc))
-    finally:
-        slots.release()
+    asyncio.run(prepare_rows(spec.request, iter_rows(table), load, check, wanted=count))
+    report.problems.sort(key=lambda line: int(line.split(" ", 2)[1]))
+    return report
 
 
 def row_problem(row: Row, exc: Exception) -> str:

@@ -1,22 +1,139 @@
-"""The one path from a row to a request, shared by ``run`` (both modes), ``validate`` and
-``estimate``: images loaded and prepared, the payload built, its size checked."""
+"""The one path from rows to requests, shared by ``run`` (both modes), ``validate`` and ``estimate``.
+
+:func:`prepare_request` turns one row into its payload (images loaded and prepared, the payload
+built, its size checked); :func:`prepare_rows` walks an input through it: rows read in a worker
+thread, filtered, prepared a bounded number at a time, and each outcome (a payload, or the row's
+error) handed to the caller while its slot is still held. The drivers and the dry runs differ only
+in what they do with each outcome.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import RowError
 from pipeline.job.spec import JobSpec, RequestSpec, template_fields
-from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens
+from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.records import Row
 from pipeline.rows.media import describe_cell
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.wire import MessagePayload
 
-# Above this many images in one request every image must fit 2000 px (reference §3).
+log = logging.getLogger("pipeline.run")
+
+# Above this many images in one request every image must fit 2000 px
+# (https://platform.claude.com/docs/en/build-with-claude/vision).
 MANY_IMAGES = 20
+# rows read from the table per trip to the worker thread
+READ_ROWS = 500
+# rows being prepared or handed on at once by default: enough to keep the cores and the senders busy
+DEFAULT_SLOTS = (os.cpu_count() or 2) * 2 + 2
+
+Loader = Callable[[str, Path], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One row made ready to send, or the reason it cannot be (``error``; then there is no payload).
+
+    :param input_tokens: the high estimate rate limits and size checks use (``build``).
+    :param images: the images as they will be sent, when the walk was asked to keep them.
+    :param key: the request key (``build.request_key``), when the walk was asked for keys.
+    """
+
+    sourced: SourcedRow
+    payload: MessagePayload | None = None
+    input_tokens: int = 0
+    image_count: int = 0
+    images: tuple[PreparedImage, ...] = ()
+    key: str | None = None
+    error: RowError | None = None
+
+    @property
+    def row(self) -> Row:
+        """The input row."""
+        return self.sourced.row
+
+
+async def prepare_rows(
+    request: RequestSpec,
+    rows: Iterator[SourcedRow],
+    load: Loader,
+    take: Callable[[Prepared], Awaitable[None]],
+    *,
+    wanted: Callable[[SourcedRow], bool] | None = None,
+    slots: int = DEFAULT_SLOTS,
+    keys: bool = False,
+    keep_images: bool = False,
+    stopping: Callable[[], bool] | None = None,
+    on_read: Callable[[], None] | None = None,
+) -> None:
+    """Prepare every wanted row, at most ``slots`` at once, and await ``take`` with each outcome.
+
+    :param wanted: which rows to prepare (rows an earlier run settled are the caller's to skip and
+        count); every row when None.
+    :param slots: a slot is taken before a row is prepared and given back only when ``take``
+        returns, so rows waiting downstream (for a sender, say) count against the bound and memory
+        stays flat however far the reader runs ahead.
+    :param keys: also compute each request's dedupe key (off the loop when the request has images).
+    :param keep_images: keep the prepared images on the outcome (``estimate`` measures them).
+    :param stopping: read no further once this is true (a graceful stop).
+    :param on_read: called once the whole input has been read (the number of rows is then known).
+
+    A row that cannot be sent (``RowError``), or whose preparation fails any other way (the preparing
+    boundary: a decoder's surprise is that row's error, logged with its traceback), reaches ``take``
+    with ``error`` set. What ``take`` raises ends the walk.
+    """
+    gate = asyncio.Semaphore(slots)
+
+    async def one(sourced: SourcedRow) -> None:
+        try:
+            outcome = await _prepare_one(request, sourced, load, keys=keys, keep_images=keep_images)
+            await take(outcome)
+        finally:
+            gate.release()
+
+    async with asyncio.TaskGroup() as group:
+        # reading a batch of the table is blocking I/O: do it in a thread
+        while not (stopping is not None and stopping()) and (batch := await asyncio.to_thread(_take, rows)):
+            for sourced in batch:
+                if wanted is not None and not wanted(sourced):
+                    continue
+                await gate.acquire()
+                group.create_task(one(sourced))
+        if on_read is not None:
+            on_read()
+
+
+async def _prepare_one(
+    request: RequestSpec, sourced: SourcedRow, load: Loader, *, keys: bool, keep_images: bool
+) -> Prepared:
+    images: list[PreparedImage] = []
+    try:
+        payload, input_tokens, count = await prepare_request(
+            request, sourced, load, prepared=images if keep_images else None
+        )
+    except RowError as exc:
+        return Prepared(sourced, error=exc)
+    except Exception as exc:  # the preparing boundary: a decoder's surprise is this row's error
+        log.exception("unexpected error preparing row %s", sourced.row.row_id)
+        kind = type(exc).__name__
+        return Prepared(sourced, error=RowError(str(exc) or kind, error_type=kind))
+    key = None
+    if keys:
+        # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
+        key = await asyncio.to_thread(request_key, payload) if count else request_key(payload)
+    return Prepared(sourced, payload, input_tokens, count, tuple(images), key)
+
+
+def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
+    return [row for _, row in zip(range(READ_ROWS), rows, strict=False)]
 
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.catalog.prices import describe_price, price_for
-from pipeline.errors import ApiError, FatalApiError, PipelineError, RowError
+from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.spec import JobSpec, RequestSpec
 from pipeline.job.toolschema import schema_violation
-from pipeline.payloads.build import request_key
 from pipeline.payloads.dedupe import Dedupe, shared_result
-from pipeline.payloads.prepare import open_job_input, prepare_request
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
 from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
@@ -36,10 +31,13 @@ from pipeline.results.progress import Progress
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore, note_job
 from pipeline.results.summary import ResultTally
-from pipeline.rows.media import load_image
+from pipeline.rows.media import online_loader
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
 from pipeline.wire import MessagePayload
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("pipeline.run")
 
@@ -264,8 +262,6 @@ class _Run:
         self.client = client
         self.recorder = recorder
         self.queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=max(4, 2 * client.config.concurrency))
-        # rows being read or encoded at once: enough to keep both the CPU and the senders busy
-        self.slots = asyncio.Semaphore((os.cpu_count() or 2) * 2 + 2)
         self.stopping = False
         self.in_flight = 0
         self.reading_done = False  # the producer has read the whole input (the total is known)
@@ -306,49 +302,42 @@ class _Run:
             self.queue.put_nowait(None)  # wakes idle senders; the queue holds at least one per sender
 
     async def _produce(self, limit: int | None) -> None:
-        """Stream rows into the queue; image rows are prepared concurrently, a bounded number at a time."""
+        """Stream rows into the queue; rows are prepared concurrently, a bounded number at a time."""
         tally = self.recorder.tally
-        rows = iter_rows(self.table, limit=limit)
-        async with asyncio.TaskGroup() as preparing:
-            # reading a batch of the table is blocking I/O: do it in a thread
-            while (batch := await asyncio.to_thread(_next_batch, rows)) is not None:
-                for sourced in batch:
-                    row = sourced.row
-                    if self.settled.get(row.row_id) == row.content_hash:
-                        tally.skipped += 1
-                        continue
-                    tally.to_do += 1
-                    await self.slots.acquire()
-                    preparing.create_task(self._prepare(sourced))
+
+        def wanted(sourced: SourcedRow) -> bool:
+            row = sourced.row
+            if self.settled.get(row.row_id) == row.content_hash:
+                tally.skipped += 1
+                return False
+            tally.to_do += 1
+            return True
+
+        def read() -> None:
             self.reading_done = True
 
-    async def _prepare(self, sourced: SourcedRow) -> None:
-        # The slot is held until the work is queued: rows waiting for a sender count against the
-        # bound too, so memory stays flat however far the reader runs ahead.
-        try:
-            work = await self._build(sourced)
-            if work is not None and not self._shared(work):
-                await self.queue.put(work)
-        finally:
-            self.slots.release()
+        await prepare_rows(
+            self.request,
+            iter_rows(self.table, limit=limit),
+            online_loader(
+                self.client.http, root=self.request.image_root, timeout_s=self.client.config.timeout_s
+            ),
+            self._queue,
+            wanted=wanted,
+            keys=self.recorder.dedupe is not None,
+            on_read=read,
+        )
 
-    async def _build(self, sourced: SourcedRow) -> _Work | None:
-        row = sourced.row
-        try:
-            payload, input_tokens, _ = await prepare_request(self.request, sourced, self._load)
-        except RowError as exc:
-            self.recorder.error(row, exc.error_type, str(exc), attempts=0)
-            return None
-        except Exception as exc:  # the preparing boundary: a decoder's surprise is this row's error
-            log.exception("unexpected error preparing row %s", row.row_id)
-            self.recorder.error(row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=0)
-            return None
-        key = None
-        if self.recorder.dedupe is not None:
-            # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
-            has_images = len(payload["messages"][0]["content"]) > 1
-            key = await asyncio.to_thread(request_key, payload) if has_images else request_key(payload)
-        return _Work(row, payload, input_tokens, key)
+    async def _queue(self, prepared: Prepared) -> None:
+        # called while the row's slot is held: rows waiting for a sender count against the bound too
+        if prepared.error is not None or prepared.payload is None:
+            error = prepared.error
+            assert error is not None
+            self.recorder.error(prepared.row, error.error_type, str(error), attempts=0)
+            return
+        work = _Work(prepared.row, prepared.payload, prepared.input_tokens, prepared.key)
+        if not self._shared(work):
+            await self.queue.put(work)
 
     def _shared(self, work: _Work) -> bool:
         """Whether an identical request of another row answers this one (so it is not sent)."""
@@ -359,15 +348,6 @@ class _Run:
         if verdict == "copy" and leader is not None:
             self.recorder.shared(work.row, leader)
         return verdict != "lead"
-
-    async def _load(self, cell: str, base_dir: Path) -> bytes:
-        return await load_image(
-            cell,
-            base_dir=base_dir,
-            http=self.client.http,
-            root=self.request.image_root,
-            timeout_s=self.client.config.timeout_s,
-        )
 
     async def _send_loop(self) -> None:
         while (work := await self.queue.get()) is not None:
@@ -413,11 +393,6 @@ class _Run:
 def _cancel(*tasks: asyncio.Task[None]) -> None:
     for task in tasks:
         task.cancel()
-
-
-def _next_batch(rows: Iterator[SourcedRow], size: int = 500) -> list[SourcedRow] | None:
-    batch = [row for _, row in zip(range(size), rows, strict=False)]
-    return batch or None
 
 
 async def _report_progress(tally: _Tally) -> None:

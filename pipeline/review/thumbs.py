@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import ImageError
-from pipeline.rows.media import load_image
+from pipeline.rows.media import download_client, load_image
 
 THUMB_EDGE = 160
 THUMB_QUALITY = 60
@@ -74,7 +73,7 @@ def thumbnails(cells: Iterable[str], base_dir: Path, edge: int = THUMB_EDGE) -> 
 async def _thumbnails(cells: list[str], base_dir: Path, edge: int) -> dict[str, Thumbnail]:
     # Pillow releases the GIL while decoding, so threads use every core
     slots = asyncio.Semaphore(max(2, (os.cpu_count() or 2) * 2))
-    async with httpx.AsyncClient(follow_redirects=True) as http:
+    async with download_client() as http:
 
         async def one(cell: str) -> tuple[str, Thumbnail]:
             async with slots:

@@ -128,9 +128,26 @@ async def load_local_image(
     return await asyncio.to_thread(_read_file, path, label=label, max_bytes=max_bytes, root=confine)
 
 
-def offline_loader(
-    root: str | None, on_remote: Callable[[], None]
-) -> Callable[[str, Path], Awaitable[bytes | None]]:
+# what the prepare walk calls for each image cell: its bytes, or None to leave the image out
+Loader = Callable[[str, Path], Awaitable[bytes | None]]
+USER_AGENT = "pipeline/0.1 (+httpx)"
+
+
+def download_client() -> httpx.AsyncClient:
+    """An HTTP client for image downloads outside a run's own client: redirects followed, no credentials."""
+    return httpx.AsyncClient(follow_redirects=True, headers={"user-agent": USER_AGENT})
+
+
+def online_loader(http: httpx.AsyncClient, *, root: str | None, timeout_s: float) -> Loader:
+    """An image loader for commands that send: paths and ``data:`` URIs read, URLs downloaded."""
+
+    async def load(cell: str, base_dir: Path) -> bytes | None:
+        return await load_image(cell, base_dir=base_dir, http=http, root=root, timeout_s=timeout_s)
+
+    return load
+
+
+def offline_loader(root: str | None, on_remote: Callable[[], None]) -> Loader:
     """An image loader for commands that use no network (``validate``, ``estimate``).
 
     Paths and ``data:`` URIs load as in a run; a URL is reported to ``on_remote`` and left out (None).
