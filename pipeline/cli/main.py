@@ -234,7 +234,8 @@ def estimate(
     as_json: bool,
 ) -> None:
     """Estimate JOB's tokens and cost before spending anything (never sends a Messages request)."""
-    from pipeline.dryrun.estimate import estimate_job, estimate_json, estimate_text
+    from pipeline.dryrun.costs import estimate_json, estimate_text
+    from pipeline.dryrun.estimate import estimate_job
     from pipeline.job.spec import load_job
 
     spec = load_job(job)

@@ -1,9 +1,9 @@
 """Image preparation: bytes in, (media type, base64) out, within the Messages API's vision limits.
 
-Owns: reading the real type from magic bytes, the decompression-bomb guard, the decision to send an
-image untouched, and the conversion path (EXIF orientation, mode normalisation, downscaling, one
-encode, then lower quality and smaller sizes until the base64 fits). Pure and CPU-bound, so callers
-run it in a thread. Knows nothing about rows, files or HTTP.
+Owns: the decompression-bomb guard, the decision to send an image untouched, and the conversion
+path (EXIF orientation, mode normalisation, downscaling, one encode, then lower quality and smaller
+sizes until the base64 fits). What the bytes are is :mod:`pipeline.payloads.sniff`'s to say. Pure
+and CPU-bound, so callers run it in a thread. Knows nothing about rows, files or HTTP.
 
 The API takes JPEG, PNG, GIF and WebP only, checks the declared media type against the magic bytes
 (a mismatch fails the whole request), caps base64 at 5 MB and sides at 8000 px (2000 px when a request
@@ -16,30 +16,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-import struct
-import zlib
 from dataclasses import dataclass, replace
 from typing import Final
 
-from PIL import (
-    AvifImagePlugin,
-    BmpImagePlugin,
-    DdsImagePlugin,
-    GifImagePlugin,
-    IcoImagePlugin,
-    Image,
-    ImageFile,
-    Jpeg2KImagePlugin,
-    JpegImagePlugin,
-    PngImagePlugin,
-    PpmImagePlugin,
-    PsdImagePlugin,
-    QoiImagePlugin,
-    TiffImagePlugin,
-    WebPImagePlugin,
-)
+from PIL import Image, ImageFile
 
 from pipeline.errors import ImageError
+from pipeline.payloads.sniff import API_TYPES, DECODE_ERRORS, OPENERS, kind_of, preview, sniff_media_type
 from pipeline.wire import MediaType
 
 MAX_SIDE: Final = 8000
@@ -50,45 +33,6 @@ _QUALITY_STEP: Final = 15
 _MAX_SHRINK_STEPS: Final = 8
 _ORIENTATION: Final = 0x0112
 
-_API_TYPES: Final[dict[str, MediaType]] = {
-    "image/jpeg": "image/jpeg",
-    "image/png": "image/png",
-    "image/gif": "image/gif",
-    "image/webp": "image/webp",
-}
-
-# Opening through the format's own class (rather than Image.open) parses only the header, skips the
-# probing of every plugin, and skips Pillow's own bomb check: that one warns through the global
-# warnings machinery, which a worker thread must not touch. We check the pixel count ourselves.
-_OPENERS: Final[dict[str, type[ImageFile.ImageFile]]] = {
-    "image/jpeg": JpegImagePlugin.JpegImageFile,
-    "image/png": PngImagePlugin.PngImageFile,
-    "image/gif": GifImagePlugin.GifImageFile,
-    "image/webp": WebPImagePlugin.WebPImageFile,
-    "image/tiff": TiffImagePlugin.TiffImageFile,
-    "image/bmp": BmpImagePlugin.BmpImageFile,
-    "image/vnd.microsoft.icon": IcoImagePlugin.IcoImageFile,
-    "image/x-portable-anymap": PpmImagePlugin.PpmImageFile,
-    "image/jp2": Jpeg2KImagePlugin.Jpeg2KImageFile,
-    "image/vnd.adobe.photoshop": PsdImagePlugin.PsdImageFile,
-    "image/qoi": QoiImagePlugin.QoiImageFile,
-    "image/vnd-ms.dds": DdsImagePlugin.DdsImageFile,
-}
-if AvifImagePlugin.SUPPORTED:
-    _OPENERS["image/avif"] = AvifImagePlugin.AvifImageFile
-
-# Pillow reports a malformed or truncated file with any of these, depending on the plugin.
-_DECODE_ERRORS: Final = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    struct.error,
-    zlib.error,
-)
-
 _TRANSPOSE: Final = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -98,27 +42,6 @@ _TRANSPOSE: Final = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-_FORMAT_NAMES: Final = {
-    "image/jpeg": "JPEG",
-    "image/png": "PNG",
-    "image/gif": "GIF",
-    "image/webp": "WebP",
-    "image/tiff": "TIFF",
-    "image/bmp": "BMP",
-    "image/vnd.microsoft.icon": "ICO",
-    "image/x-portable-anymap": "PNM",
-    "image/jp2": "JPEG 2000",
-    "image/vnd.adobe.photoshop": "PSD",
-    "image/qoi": "QOI",
-    "image/vnd-ms.dds": "DDS",
-    "image/avif": "AVIF",
-    "image/heic": "HEIC",
-}
-
-# BITMAPINFOHEADER sizes: "BM" alone is too weak a signature (text can start with it)
-_BMP_HEADER_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-_HEIF_BRANDS: Final = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,47 +91,6 @@ class PreparedImage:
     passed_through: bool
 
 
-def sniff_media_type(data: bytes) -> str | None:
-    """The media type the magic bytes say, or ``None`` when they match no image format we know.
-
-    Returns one of the API's four types, or a name for a format that needs converting
-    (``image/tiff``, ``image/bmp``, ``image/heic``...). File names are never consulted.
-    """
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "image/tiff"
-    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
-        return "image/bmp"
-    if data[:4] == b"\x00\x00\x01\x00" and len(data) >= 6 and data[4:6] != b"\x00\x00":
-        return "image/vnd.microsoft.icon"
-    if len(data) >= 3 and data[:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n#":
-        return "image/x-portable-anymap"
-    if data[4:8] == b"ftyp":
-        # ISO base media: the brands after "ftyp" say AVIF or HEIF (mif1 alone is ambiguous)
-        box = data[8 : max(16, min(int.from_bytes(data[:4], "big"), 64))]
-        if b"avif" in box or b"avis" in box:
-            return "image/avif"
-        if data[8:12] in _HEIF_BRANDS:
-            return "image/heic"
-        return None
-    if data.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
-        return "image/jp2"
-    if data[:4] == b"8BPS":
-        return "image/vnd.adobe.photoshop"
-    if data[:4] == b"qoif":
-        return "image/qoi"
-    if data[:4] == b"DDS ":
-        return "image/vnd-ms.dds"
-    return None
-
-
 def estimate_image_tokens(width: int, height: int) -> int:
     """Input tokens an image of this size costs: ``ceil(width*height/750)``, the docs' formula, min 1."""
     return max(1, -(-width * height // 750))
@@ -230,16 +112,16 @@ def prepare_image(data: bytes, policy: ImagePolicy, *, label: str) -> PreparedIm
         raise ImageError(f"{label}: empty file")
     sniffed = sniff_media_type(data)
     if sniffed is None:
-        raise ImageError(f"{label}: not an image (starts with {_preview(data)})")
-    kind = _kind(sniffed)
-    opener = _OPENERS.get(sniffed)
+        raise ImageError(f"{label}: not an image (starts with {preview(data)})")
+    kind = kind_of(sniffed)
+    opener = OPENERS.get(sniffed)
     if opener is None:
         raise ImageError(f"{label}: {kind} images are not supported here; convert it to JPEG or PNG first")
     try:
         # The plugin class parses the header only; pixels are decoded on load(), if ever.
         with opener(io.BytesIO(data)) as img:
             _check_pixels(img.size, policy, label)
-            media_type = _API_TYPES.get(sniffed)
+            media_type = API_TYPES.get(sniffed)
             if media_type is not None and _can_pass_through(img, media_type, data, policy):
                 return PreparedImage(
                     media_type=media_type,
@@ -253,20 +135,9 @@ def prepare_image(data: bytes, policy: ImagePolicy, *, label: str) -> PreparedIm
     except Image.DecompressionBombError as exc:
         # only reachable through a GIF frame larger than its canvas, or a TIFF tile; still a bomb
         raise ImageError(f"{label}: image has too many pixels ({exc})") from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{label}: cannot read {kind}, truncated or corrupt ({reason})") from None
-
-
-def _preview(data: bytes) -> str:
-    head = data[:16]
-    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-        return repr(head.decode("ascii"))
-    return head.hex(" ")
-
-
-def _kind(media_type: str) -> str:
-    return _FORMAT_NAMES.get(media_type, media_type)
 
 
 def _pixel_limit(policy: ImagePolicy) -> int:
@@ -316,7 +187,7 @@ def _header_orientation(img: ImageFile.ImageFile) -> int:
     try:
         exif.load(raw)
         value = exif.get(_ORIENTATION, 1)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return 0
     return value if isinstance(value, int) else 0
 
@@ -412,7 +283,7 @@ def _loaded_orientation(img: Image.Image) -> int:
     # after load(): finds a PNG eXIf written after the pixels, and TIFF's own orientation tag
     try:
         value = img.getexif().get(_ORIENTATION, 1)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return 1  # a broken EXIF block is no reason to lose the image
     return value if isinstance(value, int) else 1
 

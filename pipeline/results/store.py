@@ -97,32 +97,13 @@ class ResultStore:
         return sorted(self.journal_dir.glob("*.arrows"))
 
     def settled(self, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
-        """Rows not to send again, as row_id -> row_hash (call after ``compact``).
-
-        A row is settled when its latest result came from a request with this fingerprint and is
-        ``ok``, or an error that ``retry`` does not retry. The runner also compares the row's
-        current hash, so a row whose request-feeding cells changed is sent again.
-        """
+        """Rows not to send again, row_id -> row_hash (call after ``compact``; see :func:`settled_rows`)."""
         if not self.results_path.exists():
             return {}
-        error_type = pl.col("error_type").fill_null("")
-        if retry.types is None:
-            not_retried = error_type.is_in(list(retry.excluded))
-        else:
-            not_retried = ~error_type.is_in(list(retry.types))
-        keep = (pl.col("status") == "ok") | ((pl.col("status") == "error") & not_retried)
         try:
-            frame = pl.scan_parquet(self.results_path)
-            if "row_hash" not in frame.collect_schema().names():
-                frame = frame.with_columns(pl.lit("").alias("row_hash"))
-            settled = (
-                frame.filter(keep & (pl.col("request_fingerprint") == fingerprint))
-                .select("row_id", pl.col("row_hash").fill_null(""))
-                .collect()
-            )
+            return settled_rows(pl.scan_parquet(self.results_path), fingerprint, retry)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise OutputError(f"cannot read {self.results_path}: {exc}") from None
-        return dict(zip(settled["row_id"].to_list(), settled["row_hash"].to_list(), strict=True))
 
     def compact(self) -> int:
         """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count.
@@ -202,6 +183,29 @@ class ResultStore:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def settled_rows(results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
+    """The rerun rule: rows whose latest result stands, as row_id -> row_hash.
+
+    A row is settled when its latest result came from a request with this fingerprint and is
+    ``ok``, or an error that ``retry`` does not retry. Callers also compare the row's current hash,
+    so a row whose request-feeding cells changed is sent again.
+    """
+    error_type = pl.col("error_type").fill_null("")
+    if retry.types is None:
+        not_retried = error_type.is_in(list(retry.excluded))
+    else:
+        not_retried = ~error_type.is_in(list(retry.types))
+    keep = (pl.col("status") == "ok") | ((pl.col("status") == "error") & not_retried)
+    if "row_hash" not in results.collect_schema().names():
+        results = results.with_columns(pl.lit("").alias("row_hash"))
+    settled = (
+        results.filter(keep & (pl.col("request_fingerprint") == fingerprint))
+        .select("row_id", pl.col("row_hash").fill_null(""))
+        .collect()
+    )
+    return dict(zip(settled["row_id"].to_list(), settled["row_hash"].to_list(), strict=True))
 
 
 def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:

@@ -30,8 +30,8 @@ from pipeline.payloads.images import (
     base64_size,
     estimate_image_tokens,
     prepare_image,
-    sniff_media_type,
 )
+from pipeline.payloads.sniff import sniff_media_type
 
 POLICY = ImagePolicy()
 RED = (220, 20, 20)
