@@ -10,6 +10,7 @@ only from its own layer or a lower one; ``tests/test_layers.py`` walks every imp
 cycle or an upward import. From the top down::
 
     cli                                  the command line
+    sandbox                              a fake of the API the CLI can start (see below)
     dryrun, review                       commands that only look: validate, estimate; status, export, report
     realtime, batch                      the two drivers, siblings over one preparation path
     results                              (5) journal, compaction, output store and lock, schema, summary
@@ -21,8 +22,9 @@ cycle or an upward import. From the top down::
     errors, records, wire, atomic,       the base every layer may use
     shutdown, extras
 
-``sandbox`` stands apart: a fake of the API for tests and trials that may use only ``catalog`` and
-the base, so that it never shares code with what it checks.
+``sandbox`` is confined: a fake of the API for tests and trials that may use only ``catalog`` and
+the base, so that it never shares code with what it checks. The package facade (this file) may
+name anything.
 """
 
 import importlib as _importlib
@@ -39,10 +41,11 @@ _LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"results"}),
     frozenset({"realtime", "batch"}),
     frozenset({"dryrun", "review"}),
+    frozenset({"sandbox"}),
     frozenset({"cli", "__main__"}),
 )
-# apart from the layers: what each may import, besides itself
-_APART: dict[str, frozenset[str]] = {
+# rooms that may import only these (besides themselves), whatever their layer
+_CONFINED: dict[str, frozenset[str]] = {
     "sandbox": frozenset({"catalog", "errors", "records", "wire", "atomic", "shutdown", "extras"}),
 }
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.catalog.models import model_facts
 from pipeline.catalog.providers import PRESETS, Provider, ProviderName, preset, unsupported_features
 from pipeline.errors import SpecError
+from pipeline.job.toolschema import check_tool_schema
 
 TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 # Settings added after outputs existed: hashed only when set, so their arrival invalidates nothing.
@@ -54,8 +55,6 @@ class ToolSpec(_Strict):
     def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("type") != "object":
             raise ValueError('input_schema must have type = "object"')
-        from pipeline.job.toolschema import check_tool_schema  # here: toolschema imports this module
-
         check_tool_schema(value)
         return value
 

@@ -7,21 +7,20 @@ ordered by ``row_index``, schemas unified as a diagonal concatenation would).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.atomic import replace_file
 from pipeline.errors import OutputError
 from pipeline.results.journal import iter_journal, journal_schema
 from pipeline.results.schema import column_order
-
-if TYPE_CHECKING:
-    from pipeline.results.store import ResultStore
 
 
 def prefer_system_allocator() -> None:
@@ -53,8 +52,9 @@ class Fold:
        and batches holding rows of that step, then sorts those rows into place.
     """
 
-    def __init__(self, store: ResultStore, journals: list[Path]) -> None:
-        self.store = store
+    def __init__(self, results: Path, journals: list[Path]) -> None:
+        """:param results: the ``results.parquet`` to fold into (it may not exist yet)."""
+        self.results = results
         self.journals = journals
         self.copies: list[Path] = []
 
@@ -63,14 +63,15 @@ class Fold:
         try:
             return self._run()
         except (pa.ArrowException, OSError) as exc:
-            raise OutputError(f"cannot compact {self.store.directory}: {exc}") from None
+            raise OutputError(f"cannot compact {self.results.parent}: {exc}") from None
         finally:
-            self.store.remove(self.copies)
+            remove_files(self.copies)
 
     def _run(self) -> int | None:
         # copies a compaction killed midway left behind (the output lock says no other one runs)
-        self.store.remove(self.store.journal_dir.glob(".*.fold-*"))
-        results = self.store.results_path
+        for journal_dir in {path.parent for path in self.journals}:
+            remove_files(journal_dir.glob(".*.fold-*"))
+        results = self.results
         old = pq.ParquetFile(results) if results.exists() else None
         schemas = [_plain_schema(old.schema_arrow)] if old is not None else []
         journal_schemas = [(path, journal_schema(path)) for path in self.journals]
@@ -98,7 +99,7 @@ class Fold:
                 for lo in range(0, max(total, 1), FOLD_ROWS):
                     writer.write_table(_gather(sources, target, lo, lo + FOLD_ROWS), row_group_size=FOLD_ROWS)
 
-        self.store.replace_results(write)
+        replace_file(results, write)
         return total
 
 
@@ -298,3 +299,10 @@ def _conform(table: pa.Table, target: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=target)
+
+
+def remove_files(paths: Iterable[Path]) -> None:
+    """Delete ``paths``; those already gone are fine."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -16,7 +16,6 @@ Knows nothing about HTTP.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +29,7 @@ import pyarrow as pa
 from pipeline.atomic import replace_file, write_text
 from pipeline.errors import OutputError
 from pipeline.job.spec import JobSpec
+from pipeline.results.compaction import Fold, remove_files
 from pipeline.results.journal import Journal, read_journal
 from pipeline.results.schema import column_order
 
@@ -115,10 +115,8 @@ class ResultStore:
         journals = self.journals()
         if not journals:
             return self._count()
-        from pipeline.results.compaction import Fold  # it reads journals with this module's helpers
-
-        written = Fold(self, journals).run()
-        self.remove(journals)
+        written = Fold(self.results_path, journals).run()
+        remove_files(journals)
         return self._count() if written is None else written
 
     def ensure_results(self, schema: pa.Schema) -> None:
@@ -176,13 +174,6 @@ class ResultStore:
         if not self.results_path.exists():
             return 0
         return int(pl.scan_parquet(self.results_path).select(pl.len()).collect().item())
-
-    @staticmethod
-    def remove(paths: Iterable[Path]) -> None:
-        """Delete ``paths``; those already gone are fine."""
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
 
 def settled_rows(results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:

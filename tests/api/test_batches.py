@@ -13,6 +13,7 @@ import pytest
 from pipeline.api.batches import BatchesApi
 from pipeline.api.config import ClientConfig
 from pipeline.errors import CreateUnconfirmed, PermanentApiError
+from scripted import ScriptedApi
 
 KEY = "sk-ant-secret-key-123"
 BATCH = {
@@ -26,18 +27,8 @@ BATCH = {
 
 def scripted(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[httpx.Request]]:
     """A transport that replies with ``answers`` in order and records the requests."""
-    seen: list[httpx.Request] = []
-    queue = list(answers)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        request.read()
-        seen.append(request)
-        answer = queue.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    return httpx.MockTransport(handler), seen
+    api = ScriptedApi(*answers)
+    return api.transport, api.requests
 
 
 def error(status: int, kind: str) -> httpx.Response:

@@ -11,7 +11,7 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -24,137 +24,20 @@ from pipeline.api.retry import RetryDetails
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 from pipeline.records import ToolCall, Usage
 from pipeline.wire import MessagePayload
+from scripted import (
+    START,
+    STREAM_EVENTS,
+    ScriptedApi,
+    Step,
+    api_error,
+    raising,
+    reply,
+    sse_lines,
+    stream,
+)
 
 KEY = "sk-ant-api03-SECRET-0123456789abcdef-do-not-leak"
 BASE = "http://api.test"
-
-Step = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-class Script:
-    """An async MockTransport handler that plays its steps in order, repeating the last one."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.steps[min(len(self.requests), len(self.steps)) - 1]
-        return await step(request)
-
-
-def message(text: str = "ok", **extra: Any) -> dict[str, Any]:
-    """An Anthropic Message body."""
-    return {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-haiku-4-5",
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": 12, "output_tokens": 3},
-        **extra,
-    }
-
-
-def reply(
-    status: int = 200, body: Any = None, *, headers: dict[str, str] | None = None, text: str | None = None
-) -> Step:
-    """A step answering ``status`` with a JSON ``body`` (a Message by default) or raw ``text``."""
-
-    async def step(request: httpx.Request) -> httpx.Response:
-        all_headers = {"request-id": "req_test", **(headers or {})}
-        if text is not None:
-            return httpx.Response(status, text=text, headers=all_headers)
-        return httpx.Response(status, json=message() if body is None else body, headers=all_headers)
-
-    return step
-
-
-def api_error(status: int, error_type: str, text: str = "boom", **headers: str) -> Step:
-    """A step answering the API's error JSON."""
-    body = {"type": "error", "error": {"type": error_type, "message": text}, "request_id": "req_err"}
-    return reply(status, body, headers={k.replace("_", "-"): v for k, v in headers.items()})
-
-
-def raising(exc_type: type[httpx.TransportError], text: str) -> Step:
-    """A step whose transport fails with ``exc_type``."""
-
-    async def step(request: httpx.Request) -> httpx.Response:
-        raise exc_type(text, request=request)
-
-    return step
-
-
-def sse_lines(*events: tuple[str, dict[str, Any]]) -> str:
-    """An SSE body."""
-    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
-
-
-START: tuple[str, dict[str, Any]] = (
-    "message_start",
-    {"type": "message_start", "message": {**message(), "content": [], "usage": {"input_tokens": 20}}},
-)
-STREAM_EVENTS: list[tuple[str, dict[str, Any]]] = [
-    START,
-    (
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    ),
-    (
-        "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi "}},
-    ),
-    ("ping", {"type": "ping"}),
-    (
-        "content_block_delta",
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "there"}},
-    ),
-    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    (
-        "content_block_start",
-        {
-            "type": "content_block_start",
-            "index": 1,
-            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "tag", "input": {}},
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": '{"tags": ['},
-        },
-    ),
-    (
-        "content_block_delta",
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": '"a", "b"]}'},
-        },
-    ),
-    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-    (
-        "message_delta",
-        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 17}},
-    ),
-    ("message_stop", {"type": "message_stop"}),
-]
-
-
-def stream(*events: tuple[str, dict[str, Any]]) -> Step:
-    """A step answering 200 with an event stream."""
-    body = sse_lines(*events)
-
-    async def step(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, text=body, headers={"content-type": "text/event-stream", "request-id": "req_s"}
-        )
-
-    return step
 
 
 def payload(text: str = "hi", *, stream: bool = False) -> MessagePayload:
@@ -174,7 +57,7 @@ class Harness:
 
     def __init__(
         self,
-        script: Script,
+        script: ScriptedApi,
         *,
         clock: FakeClock | None = None,
         on_retry: Callable[[RetryDetails], None] | None = None,
@@ -348,7 +231,7 @@ def test_classify_carries_retry_after() -> None:
 
 async def test_success_anthropic_shape_and_request_headers() -> None:
     """A 200 Message parses; the request goes to /v1/messages with x-api-key, version and JSON body."""
-    h = Harness(Script(reply()))
+    h = Harness(ScriptedApi(reply()))
     sent = await h.send()
     assert sent.reply.text == "ok"
     assert sent.reply.usage == Usage(input_tokens=12, output_tokens=3)
@@ -384,7 +267,7 @@ async def test_success_openai_shape() -> None:
         "usage": {"prompt_tokens": 9, "completion_tokens": 4},
         "meta": {"usage": {"credits_used": 1}},
     }
-    sent = await Harness(Script(reply(body=body))).send()
+    sent = await Harness(ScriptedApi(reply(body=body))).send()
     assert sent.reply.tool_calls == (ToolCall("call_1", "tag", '{"a":1}'),)
     assert sent.reply.stop_reason == "tool_use"
     assert sent.reply.usage == Usage(input_tokens=9, output_tokens=4)
@@ -392,7 +275,7 @@ async def test_success_openai_shape() -> None:
 
 async def test_bearer_auth_and_base_url_with_slash() -> None:
     """auth="bearer" sends Authorization: Bearer and no x-api-key; a trailing slash in base_url is fine."""
-    script = Script(reply())
+    script = ScriptedApi(reply())
     h = Harness(script, auth="bearer", base_url=BASE + "/", anthropic_version="2026-10-21")
     await h.send()
     (request,) = script.requests
@@ -404,7 +287,7 @@ async def test_bearer_auth_and_base_url_with_slash() -> None:
 
 async def test_shared_http_client_carries_no_key_and_explicit_limits() -> None:
     """The shared client (used for image downloads) has no credentials and the configured timeout."""
-    h = Harness(Script(reply()), timeout_s=33.0)
+    h = Harness(ScriptedApi(reply()), timeout_s=33.0)
     async with h.client:
         http = h.client.http
         assert KEY not in str(dict(http.headers))
@@ -419,7 +302,7 @@ async def test_shared_http_client_carries_no_key_and_explicit_limits() -> None:
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 529])
 async def test_retryable_status_then_success(status: int) -> None:
     """Each retryable status is retried; attempts and the retries counter count it."""
-    h = Harness(Script(reply(status, {"error": {"message": "x"}}), reply(status, {}), reply()))
+    h = Harness(ScriptedApi(reply(status, {"error": {"message": "x"}}), reply(status, {}), reply()))
     sent = await h.send()
     assert sent.attempts == 3
     assert (h.client.requests_sent, h.client.retries) == (3, 2)
@@ -429,7 +312,7 @@ async def test_retryable_status_then_success(status: int) -> None:
 
 async def test_backoff_is_exponential_with_jitter() -> None:
     """Without retry-after, waits grow from 0.5 s doubling, jittered between half and all of that."""
-    h = Harness(Script(api_error(529, "overloaded_error")), max_attempts=6)
+    h = Harness(ScriptedApi(api_error(529, "overloaded_error")), max_attempts=6)
     await h.fail()
     waits = [d.wait_s for d in h.retries]
     ceilings = [0.5, 1.0, 2.0, 4.0, 8.0]
@@ -439,10 +322,10 @@ async def test_backoff_is_exponential_with_jitter() -> None:
 
 async def test_backoff_is_capped() -> None:
     """Backoff never exceeds 30 s (or max_retry_wait_s when lower)."""
-    h = Harness(Script(api_error(500, "api_error")), max_attempts=12)
+    h = Harness(ScriptedApi(api_error(500, "api_error")), max_attempts=12)
     await h.fail()
     assert max(d.wait_s for d in h.retries) <= 30.0
-    h = Harness(Script(api_error(500, "api_error")), max_attempts=12, max_retry_wait_s=3.0)
+    h = Harness(ScriptedApi(api_error(500, "api_error")), max_attempts=12, max_retry_wait_s=3.0)
     await h.fail()
     assert max(d.wait_s for d in h.retries) <= 3.0
 
@@ -450,7 +333,7 @@ async def test_backoff_is_capped() -> None:
 async def test_html_503_then_success() -> None:
     """A proxy's HTML 503 is retried and described in one line."""
     page = "<html><head><title>503 Service Unavailable</title></head>\n<body><h1>503</h1><p>nginx</p></body>"
-    h = Harness(Script(reply(503, text=page, headers={"content-type": "text/html"}), reply()))
+    h = Harness(ScriptedApi(reply(503, text=page, headers={"content-type": "text/html"}), reply()))
     sent = await h.send()
     assert sent.attempts == 2
     (details,) = h.retries
@@ -471,7 +354,7 @@ async def test_html_503_then_success() -> None:
 )
 async def test_transport_failures_are_retried(exc_type: type[httpx.TransportError], error_type: str) -> None:
     """Timeouts and connection failures (refused, reset, dropped) are retried with status None."""
-    h = Harness(Script(raising(exc_type, "peer closed connection"), reply()))
+    h = Harness(ScriptedApi(raising(exc_type, "peer closed connection"), reply()))
     sent = await h.send()
     assert sent.attempts == 2
     (details,) = h.retries
@@ -481,7 +364,9 @@ async def test_transport_failures_are_retried(exc_type: type[httpx.TransportErro
 
 async def test_garbled_200_is_a_retryable_parse_error() -> None:
     """A 200 that is not JSON, or JSON that is not a Message, is retried as parse_error."""
-    h = Harness(Script(reply(200, text="<html>captive portal</html>"), reply(200, {"hello": 1}), reply()))
+    h = Harness(
+        ScriptedApi(reply(200, text="<html>captive portal</html>"), reply(200, {"hello": 1}), reply())
+    )
     sent = await h.send()
     assert sent.attempts == 3
     assert [d.error.error_type for d in h.retries] == ["parse_error", "parse_error"]
@@ -490,7 +375,7 @@ async def test_garbled_200_is_a_retryable_parse_error() -> None:
 async def test_error_body_with_200_maps_by_type() -> None:
     """An error JSON served with status 200 is classified by its error.type."""
     h = Harness(
-        Script(
+        ScriptedApi(
             reply(200, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
             reply(),
         )
@@ -501,17 +386,21 @@ async def test_error_body_with_200_maps_by_type() -> None:
 
 async def test_retry_after_ms_preferred_over_retry_after() -> None:
     """retry-after-ms wins over retry-after."""
-    h = Harness(Script(api_error(429, "rate_limit_error", retry_after_ms="1500", retry_after="9"), reply()))
+    h = Harness(
+        ScriptedApi(api_error(429, "rate_limit_error", retry_after_ms="1500", retry_after="9"), reply())
+    )
     await h.send()
     assert [d.wait_s for d in h.retries] == [1.5]
 
 
 async def test_long_retry_after_is_honoured_up_to_the_cap() -> None:
     """A retry-after above 60 s is honoured (unlike the SDK) but capped at max_retry_wait_s."""
-    h = Harness(Script(api_error(529, "overloaded_error", retry_after="90"), reply()))
+    h = Harness(ScriptedApi(api_error(529, "overloaded_error", retry_after="90"), reply()))
     await h.send()
     assert [d.wait_s for d in h.retries] == [90.0]
-    h = Harness(Script(api_error(529, "overloaded_error", retry_after="500"), reply()), max_retry_wait_s=45.0)
+    h = Harness(
+        ScriptedApi(api_error(529, "overloaded_error", retry_after="500"), reply()), max_retry_wait_s=45.0
+    )
     await h.send()
     assert [d.wait_s for d in h.retries] == [45.0]
 
@@ -519,7 +408,7 @@ async def test_long_retry_after_is_honoured_up_to_the_cap() -> None:
 async def test_retry_after_http_date() -> None:
     """retry-after as an HTTP date waits until that date."""
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    h = Harness(Script(api_error(503, "api_error", retry_after=when), reply()))
+    h = Harness(ScriptedApi(api_error(503, "api_error", retry_after=when), reply()))
     await h.send()
     (details,) = h.retries
     assert 28.0 < details.wait_s <= 30.0
@@ -527,7 +416,7 @@ async def test_retry_after_http_date() -> None:
 
 async def test_x_should_retry_false_on_500_is_not_retried() -> None:
     """x-should-retry: false turns a 500 into a permanent error after one request."""
-    h = Harness(Script(api_error(500, "api_error", x_should_retry="false"), reply()))
+    h = Harness(ScriptedApi(api_error(500, "api_error", x_should_retry="false"), reply()))
     error = await h.fail()
     assert type(error) is PermanentApiError
     assert len(h.script.requests) == 1
@@ -536,7 +425,7 @@ async def test_x_should_retry_false_on_500_is_not_retried() -> None:
 
 async def test_x_should_retry_true_on_400_is_retried() -> None:
     """x-should-retry: true makes a 400 retryable."""
-    h = Harness(Script(api_error(400, "invalid_request_error", x_should_retry="true"), reply()))
+    h = Harness(ScriptedApi(api_error(400, "invalid_request_error", x_should_retry="true"), reply()))
     assert (await h.send()).attempts == 2
 
 
@@ -551,7 +440,7 @@ async def test_x_should_retry_true_on_400_is_retried() -> None:
 )
 async def test_permanent_errors_send_exactly_once(status: int, error_type: str) -> None:
     """400, 404, 413 and 422 raise PermanentApiError after exactly one request."""
-    h = Harness(Script(api_error(status, error_type, "bad image"), reply()))
+    h = Harness(ScriptedApi(api_error(status, error_type, "bad image"), reply()))
     error = await h.fail()
     assert type(error) is PermanentApiError
     assert (error.status, error.error_type, error.attempts, error.request_id) == (
@@ -570,7 +459,7 @@ async def test_permanent_errors_send_exactly_once(status: int, error_type: str) 
 )
 async def test_fatal_errors(status: int, error_type: str) -> None:
     """401, 403 and 402 raise FatalApiError after one request."""
-    h = Harness(Script(api_error(status, error_type), reply()))
+    h = Harness(ScriptedApi(api_error(status, error_type), reply()))
     error = await h.fail()
     assert type(error) is FatalApiError
     assert error.error_type == error_type
@@ -587,7 +476,7 @@ async def test_spend_limit_429_is_fatal_and_not_retried() -> None:
             "details": {"error_code": "enforced_spend_limit_reached"},
         },
     }
-    h = Harness(Script(reply(429, body), reply()))
+    h = Harness(ScriptedApi(reply(429, body), reply()))
     async with h.client:
         with pytest.raises(FatalApiError, match="spend limit") as caught:
             await h.client.send(payload(), input_tokens=10)
@@ -600,7 +489,7 @@ async def test_spend_limit_429_is_fatal_and_not_retried() -> None:
 async def test_exhaustion_raises_the_last_retryable_error() -> None:
     """After max_attempts failures the last RetryableApiError is raised with attempts == max_attempts."""
     h = Harness(
-        Script(
+        ScriptedApi(
             api_error(529, "overloaded_error", "first"),
             api_error(500, "api_error", "second"),
             api_error(503, "api_error", "last"),
@@ -617,7 +506,7 @@ async def test_exhaustion_raises_the_last_retryable_error() -> None:
 async def test_permanent_after_retries_counts_all_attempts() -> None:
     """A permanent error after retries carries the number of attempts made."""
     h = Harness(
-        Script(
+        ScriptedApi(
             api_error(529, "overloaded_error"),
             api_error(529, "overloaded_error"),
             api_error(400, "invalid_request_error"),
@@ -644,7 +533,7 @@ async def test_429_retry_after_pauses_a_concurrent_sender() -> None:
             return await api_error(429, "rate_limit_error", retry_after="2")(request)
         return await reply()(request)
 
-    h = Harness(Script(handler), clock=clock, on_retry=lambda details: retried.set())
+    h = Harness(ScriptedApi(handler), clock=clock, on_retry=lambda details: retried.set())
     async with h.client:
         first = asyncio.create_task(h.client.send(payload("a"), input_tokens=1))
         await retried.wait()  # the 429 has been seen and the gate closed
@@ -660,7 +549,7 @@ async def test_429_retry_after_pauses_a_concurrent_sender() -> None:
 
 async def test_429_without_retry_after_pauses_for_the_backoff() -> None:
     """A 429 with no retry-after still closes the gate, for the backoff ceiling."""
-    h = Harness(Script(api_error(429, "rate_limit_error"), reply()))
+    h = Harness(ScriptedApi(api_error(429, "rate_limit_error"), reply()))
     async with h.client:
         await h.client.send(payload(), input_tokens=1)
         assert h.client.gate.resume_at == 0.5
@@ -677,12 +566,12 @@ async def test_slow_start_sends_one_request_until_the_server_has_answered() -> N
         events.append("answered")
         return await reply()(request)
 
-    h = Harness(Script(handler), concurrency=4)
+    h = Harness(ScriptedApi(handler), concurrency=4)
     async with h.client:
         await asyncio.gather(*(h.client.send(payload(), input_tokens=1) for _ in range(30)))
         assert not h.client.limits.slow_start  # a fast server: the ramp outgrew what 4 slots can send
     assert events[:3] == ["sent", "answered", "sent"]
-    off = Harness(Script(handler), concurrency=4, slow_start=False)
+    off = Harness(ScriptedApi(handler), concurrency=4, slow_start=False)
     events.clear()
     async with off.client:
         await asyncio.gather(*(off.client.send(payload(), input_tokens=1) for _ in range(4)))
@@ -703,7 +592,7 @@ async def test_concurrency_bounds_requests_in_flight() -> None:
         in_flight -= 1
         return await reply()(request)
 
-    h = Harness(Script(handler), concurrency=2)
+    h = Harness(ScriptedApi(handler), concurrency=2)
     async with h.client:
         sent = await asyncio.gather(*(h.client.send(payload(), input_tokens=1) for _ in range(6)))
     assert len(sent) == 6
@@ -713,7 +602,7 @@ async def test_concurrency_bounds_requests_in_flight() -> None:
 async def test_rate_limits_are_settled_with_real_usage() -> None:
     """With token limits set, each reply's usage feeds the output estimator."""
     h = Harness(
-        Script(reply()),
+        ScriptedApi(reply()),
         requests_per_minute=600,
         input_tokens_per_minute=60_000,
         output_tokens_per_minute=60_000,
@@ -729,7 +618,7 @@ async def test_rate_limits_are_settled_with_real_usage() -> None:
 
 async def test_stream_assembles_text_tools_and_usage() -> None:
     """A streamed reply joins text deltas, parses input_json_delta and merges usage."""
-    script = Script(stream(*STREAM_EVENTS))
+    script = ScriptedApi(stream(*STREAM_EVENTS))
     sent = await Harness(script).send(payload(stream=True))
     assert sent.reply.text == "Hi there"
     assert sent.reply.tool_calls == (ToolCall("toolu_1", "tag", '{"tags":["a","b"]}'),)
@@ -743,7 +632,7 @@ async def test_stream_assembles_text_tools_and_usage() -> None:
 async def test_stream_error_event_is_retried_then_succeeds() -> None:
     """An overloaded_error event after the 200 is retryable (as a 529) and retried."""
     error = ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-    h = Harness(Script(stream(START, error), stream(*STREAM_EVENTS)))
+    h = Harness(ScriptedApi(stream(START, error), stream(*STREAM_EVENTS)))
     sent = await h.send(payload(stream=True))
     assert sent.attempts == 2
     (details,) = h.retries
@@ -754,13 +643,13 @@ async def test_stream_error_event_is_retried_then_succeeds() -> None:
 async def test_stream_error_event_invalid_request_is_permanent() -> None:
     """An invalid_request_error event after the 200 is permanent."""
     error = ("error", {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}})
-    h = Harness(Script(stream(START, error)))
+    h = Harness(ScriptedApi(stream(START, error)))
     assert type(await h.fail(payload(stream=True))) is PermanentApiError
 
 
 async def test_stream_cut_short_is_retried() -> None:
     """A stream that ends before message_stop is a retryable connection_error."""
-    h = Harness(Script(stream(*STREAM_EVENTS[:4]), stream(*STREAM_EVENTS)))
+    h = Harness(ScriptedApi(stream(*STREAM_EVENTS[:4]), stream(*STREAM_EVENTS)))
     sent = await h.send(payload(stream=True))
     assert sent.attempts == 2
     assert h.retries[0].error.error_type == "connection_error"
@@ -777,7 +666,7 @@ async def test_stream_dropped_mid_body_is_retried() -> None:
 
         return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
 
-    h = Harness(Script(dropping, stream(*STREAM_EVENTS)))
+    h = Harness(ScriptedApi(dropping, stream(*STREAM_EVENTS)))
     sent = await h.send(payload(stream=True))
     assert sent.attempts == 2
     assert (h.retries[0].error.status, h.retries[0].error.error_type) == (None, "connection_error")
@@ -785,13 +674,13 @@ async def test_stream_dropped_mid_body_is_retried() -> None:
 
 async def test_stream_request_answered_with_plain_json() -> None:
     """A server that ignores ``stream`` and answers a JSON Message is still understood."""
-    sent = await Harness(Script(reply())).send(payload(stream=True))
+    sent = await Harness(ScriptedApi(reply())).send(payload(stream=True))
     assert sent.reply.text == "ok"
 
 
 async def test_stream_error_status_is_classified() -> None:
     """A non-200 answer to a streaming request is classified like any other."""
-    h = Harness(Script(api_error(529, "overloaded_error"), stream(*STREAM_EVENTS)))
+    h = Harness(ScriptedApi(api_error(529, "overloaded_error"), stream(*STREAM_EVENTS)))
     assert (await h.send(payload(stream=True))).attempts == 2
 
 
@@ -801,7 +690,7 @@ async def test_stream_error_status_is_classified() -> None:
 async def test_retry_is_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
     """Each retry logs attempt, status, error type and wait on the pipeline.client logger."""
     caplog.set_level(logging.INFO, logger="pipeline.client")
-    await Harness(Script(api_error(529, "overloaded_error", "Overloaded"), reply())).send()
+    await Harness(ScriptedApi(api_error(529, "overloaded_error", "Overloaded"), reply())).send()
     (record,) = [r for r in caplog.records if r.name == "pipeline.client"]
     assert record.levelno == logging.INFO
     text = record.getMessage()
@@ -836,7 +725,7 @@ async def test_key_never_in_messages_logs_or_reprs(
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
     for step in LEAKY_PATHS:
-        h = Harness(Script(step), auth=auth, max_attempts=2)
+        h = Harness(ScriptedApi(step), auth=auth, max_attempts=2)
         error = await h.fail(payload(stream=streamed))
         seen += [error.message, str(error), repr(error), repr(error.args)]
         seen += [repr(d) for d in h.retries]
