@@ -1,8 +1,9 @@
 """The Message Batches endpoints over HTTP: create, retrieve, list, cancel and the results stream.
 
-Paths and shapes are the reference's section 8 (``/v1/messages/batches`` ...). Failed responses go
-through :func:`pipeline.api.client.classify`, so a batch call fails with the same typed errors as a
-Messages call (retryable, permanent, fatal). Retrieve, list, cancel and opening the results are
+Paths and shapes are those of https://platform.claude.com/docs/en/build-with-claude/batch-processing
+(``/v1/messages/batches`` ...). Failures go through :mod:`pipeline.api.classify` and retries through
+:mod:`pipeline.api.retry`, so a batch call fails with the same typed errors as a Messages call
+(retryable, permanent, fatal). Retrieve, list, cancel and opening the results are
 idempotent and retried with jittered backoff (or the server's ``retry-after``); a create is retried
 only when the server answered 429 or 529, which means it refused the request before making a batch.
 A create that fails any other way (timeout, dropped connection, 5xx) raises
@@ -10,7 +11,7 @@ A create that fails any other way (timeout, dropped connection, 5xx) raises
 
 The key travels only in request headers, never in a URL, message or log line; redirects are not
 followed (httpx would carry the key to whatever host a redirect names). The results stream is read
-line by line and closed however the reader stops (reference pitfall 8).
+line by line and closed however the reader stops (anthropics/anthropic-sdk-python#1928).
 """
 
 from __future__ import annotations

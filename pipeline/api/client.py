@@ -155,11 +155,11 @@ class MessagesClient:
         """Input tokens of ``payload`` as ``/v1/messages/count_tokens`` counts them (free, no answer).
 
         Only the fields that endpoint takes are sent. Paced by ``requests_per_minute`` (give the
-        endpoint's own limit, reference §6) and retried like :meth:`send`; raises the same errors.
+        endpoint's own limit, see the rate-limits docs) and retried like :meth:`send`; raises the same errors.
         """
         self._require_open()
         if self._count_pacer is None and self.config.requests_per_minute is not None:
-            # its own bucket: count_tokens has a limit apart from the Messages limits (reference §6)
+            # its own bucket: count_tokens has a limit apart from the Messages limits (rate-limits docs)
             self._count_pacer = Pacer(self.config.requests_per_minute)
         body = {key: value for key, value in payload.items() if key in COUNT_TOKENS_FIELDS}
         counted = 0

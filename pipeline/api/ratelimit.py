@@ -1,8 +1,9 @@
 """Client-side pacing: requests, input tokens and output tokens per minute, plus the shared 429 pause.
 
-The hosted API meters with token buckets that refill continuously (reference §6), so a client that
-spends a whole minute's allowance at once earns 429s. Each :class:`Pacer` therefore holds about one
-second of its rate and refills smoothly; amounts larger than that are taken in bucket-sized chunks.
+The hosted API meters with token buckets that refill continuously
+(https://platform.claude.com/docs/en/api/rate-limits), so a client that spends a whole minute's
+allowance at once earns 429s. Each :class:`Pacer` therefore holds about one second of its rate and
+refills smoothly; amounts larger than that are taken in bucket-sized chunks.
 
 :class:`RateLimits` bundles the three optional pacers with the bookkeeping that keeps them honest:
 estimates are acquired before a request and the shortfall after the reply, when the real usage is

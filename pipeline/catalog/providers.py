@@ -2,8 +2,8 @@
 
 ``[api] provider = "..."`` fills in ``base_url``, ``auth`` and ``api_key_env`` unless the job sets
 them, and tells the pipeline which features to refuse up front (batches, count_tokens, tool_choice,
-prompt caching) rather than letting every row fail with a 400. Facts come from the reference's
-sections 13 (AI/ML API) and 14 (self-hosted servers); what no source confirms is switched off.
+prompt caching) rather than letting every row fail with a 400. Facts come from each provider's own
+documentation, named beside its preset; what no source confirms is switched off.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ PRESETS: dict[str, Provider] = {
         ratelimit_headers=True,
         note="the hosted API",
     ),
-    # reference section 13: Bearer auth; its batches live at /v1/batches with another shape; replies
+    # github.com/aimlapi/api-docs (docs/capabilities/messages.json, 2026-05): Bearer auth; its batches
+    # live at /v1/batches with another shape; replies
     # are the Anthropic Message in its /v1/messages spec but OpenAI-like in other pages
     "aimlapi": Provider(
         "aimlapi",
@@ -78,7 +79,8 @@ PRESETS: dict[str, Provider] = {
         shape="openai",
         note="a gateway answering /v1/messages in the OpenAI-like shape; set base_url",
     ),
-    # reference section 14: /v1/messages and count_tokens; no batches; its own error types.
+    # vllm-project/vllm vllm/entrypoints/anthropic (api_router.py, protocol.py): /v1/messages and
+    # count_tokens; no batches; its own error types.
     # 8000 is `vllm serve`'s port; --api-key (or VLLM_API_KEY) makes it check a Bearer token.
     "vllm": Provider(
         "vllm",
@@ -92,8 +94,9 @@ PRESETS: dict[str, Provider] = {
         key_required=False,
         note="vLLM's Anthropic-compatible server; no document blocks, no disable_parallel_tool_use",
     ),
-    # reference section 14: /v1/messages and count_tokens; tools need --jinja; no strong claims of
-    # compatibility. 8080 is llama-server's port; --api-key makes it check a Bearer token.
+    # ggml-org/llama.cpp#17570 and the llama-server README: /v1/messages and count_tokens; tools need
+    # --jinja; no strong claims of compatibility. 8080 is llama-server's port; --api-key makes it
+    # check a Bearer token.
     "llama-server": Provider(
         "llama-server",
         "http://localhost:8080",
@@ -106,8 +109,8 @@ PRESETS: dict[str, Provider] = {
         key_required=False,
         note="llama.cpp's llama-server; start it with --jinja for tools",
     ),
-    # reference section 14: Ollama >= 0.14.0 at http://localhost:11434 (no /v1); key not validated;
-    # no count_tokens, tool_choice, metadata, caching, batches; images base64 only
+    # ollama docs/api/anthropic-compatibility.mdx: Ollama >= 0.14.0 at http://localhost:11434 (no /v1);
+    # key not validated; no count_tokens, tool_choice, metadata, caching, batches; images base64 only
     "ollama": Provider(
         "ollama",
         "http://localhost:11434",

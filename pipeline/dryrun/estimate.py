@@ -36,7 +36,7 @@ from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.wire import MessagePayload
 
 DEFAULT_SAMPLE = 20
-# count_tokens has its own limit; 100 a minute is the lowest published tier (reference §6).
+# count_tokens has its own limit; 100 a minute is the lowest published tier (https://platform.claude.com/docs/en/api/rate-limits).
 COUNT_TOKENS_PER_MINUTE = 100.0
 MAX_PROBLEMS = 5
 

@@ -202,7 +202,8 @@ class LimitsSpec(_Strict):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
-# The Message Batches API's caps per batch (reference section 8): 100,000 requests or 256 MB.
+# The Message Batches API's caps per batch (https://platform.claude.com/docs/en/build-with-claude/batch-processing):
+# 100,000 requests or 256 MB.
 BATCH_MAX_REQUESTS = 100_000
 BATCH_MAX_BYTES = 256_000_000
 

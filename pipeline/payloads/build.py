@@ -31,8 +31,8 @@ from pipeline.wire import (
 CHARS_PER_TOKEN = 3.5
 # Per-message and per-request framing the API adds around the content.
 MESSAGE_OVERHEAD_TOKENS = 8
-# The API's cap on a Messages body (reference §1: "32 MB"), read as decimal megabytes: a body between
-# 32,000,000 bytes and 32 MiB is refused here rather than risked there.
+# The API's cap on a Messages body (https://platform.claude.com/docs/en/api/errors: "32 MB"), read as decimal
+# megabytes: a body between 32,000,000 bytes and 32 MiB is refused here rather than risked there.
 MAX_BODY_BYTES = 32_000_000
 # Most JSON bytes one character of text becomes as httpx sends it (ensure_ascii=False): six for an
 # escaped control character (\u001f), at most four UTF-8 bytes for anything else.
@@ -128,8 +128,9 @@ def mark_cached_prefix(payload: MessagePayload, ttl: str) -> None:
     """Put one ``cache_control`` breakpoint at the end of the shared prefix (tools, then system).
 
     The cache covers everything up to the breakpoint in the API's prefix order ``tools -> system ->
-    messages`` (reference §10), so one mark on the system prompt caches tools and system together;
-    without a system prompt it goes on the last tool. The row's own content stays after it.
+    messages`` (https://platform.claude.com/docs/en/build-with-claude/prompt-caching), so one mark on
+    the system prompt caches tools and system together; without a system prompt it goes on the last
+    tool. The row's own content stays after it.
     """
     control: CacheControl = {"type": "ephemeral"}
     if ttl == "1h":

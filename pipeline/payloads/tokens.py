@@ -5,11 +5,13 @@ module aims at the likely figure, for ``pipeline estimate`` and the live progres
 
 - Text: prose at 4 characters a token, tool definitions (JSON, dense with punctuation and short
   keys) at 2.5. The tokenizer used from Opus 4.7 on (including the 5-series) makes about 30 % more
-  tokens for the same text (reference §9).
+  tokens for the same text (https://platform.claude.com/docs/en/build-with-claude/token-counting).
 - Images: the API first shrinks an image to its long-edge limit (1568 px; 2576 px from Claude 4.7),
-  then it costs about ``width*height/750`` tokens, at most 1,568 (4,784 from 4.7) (reference §3).
+  then it costs about ``width*height/750`` tokens, at most 1,568 (4,784 from 4.7)
+  (https://platform.claude.com/docs/en/build-with-claude/vision); the model table holds each model's tier.
 - Framing: a few tokens per message.
-- Prompt caching: the shortest prefix each model caches (reference §10); shorter prefixes are
+- Prompt caching: the shortest prefix each model caches
+  (https://platform.claude.com/docs/en/build-with-claude/prompt-caching); shorter prefixes are
   silently not cached, so an estimate must not count them as cache reads.
 """
 
@@ -67,7 +69,7 @@ def image_tokens(width: int, height: int, model: str) -> int:
 class RequestTokens:
     """The likely input tokens of one request, split the way caching and reporting need.
 
-    :param prefix: tools and system prompt, the part ``cache = true`` marks (reference §10 order).
+    :param prefix: tools and system prompt, the part ``cache = true`` marks (the cache's prefix order).
     :param text: the rest of the text (the rendered prompt) plus message framing.
     :param images: all image blocks.
     """

@@ -112,7 +112,8 @@ class Progress:
         t = self.tally
         now = self._clock()
         done = t.ok + t.error
-        input_tokens = t.input_tokens + t.cache_creation  # what the input-token limit counts (ref. §6)
+        # what the input-token limit counts (the rate-limits docs): cache reads are free against it
+        input_tokens = t.input_tokens + t.cache_creation
         sample = (now, self.requests_sent(), input_tokens, t.output_tokens, done)
         self._samples.append(sample)
         while len(self._samples) > 2 and self._samples[1][0] <= now - RATE_WINDOW_S:

@@ -1,8 +1,9 @@
 """The sandbox's Message Batches endpoints: create, retrieve, list, cancel, results (and delete).
 
-Shapes follow the reference's section 8. A create checks the envelope at once (``requests`` a
-non-empty list of at most ``batch_max_requests``, each ``custom_id`` matching
-``^[a-zA-Z0-9_-]{1,64}$`` and unique, the body within ``batch_max_bytes``), answering 400 or 413 like
+Shapes follow https://platform.claude.com/docs/en/build-with-claude/batch-processing. A create checks
+the envelope at once (``requests`` a non-empty list of at most ``batch_max_requests``, each
+``custom_id`` matching ``^[a-zA-Z0-9_-]{1,64}$`` and unique, the body within ``batch_max_bytes``),
+answering 400 or 413 like
 the API; each item's ``params`` are validated as a Messages request (``stream`` refused), and a bad
 one becomes an ``errored`` ``invalid_request_error`` result, as the API validates asynchronously.
 

@@ -58,7 +58,7 @@ class SandboxState:
         self.reset()
 
     def cache_usage(self, parsed: ParsedRequest) -> tuple[int, int]:
-        """(cache write, cache read) tokens for a request, looked up when it starts (reference §10).
+        """(cache write, cache read) tokens for a request, looked up when it starts (prompt caching).
 
         A prefix below the model's minimum is not cached (both 0). A hit refreshes the entry's TTL.
         """
@@ -73,7 +73,8 @@ class SandboxState:
         return (parsed.cache_prefix_tokens, 0)
 
     def cache_write(self, parsed: ParsedRequest) -> None:
-        """Store a request's prefix once its answer starts: only then can others read it (§10)."""
+        """Store a request's prefix once its answer starts: only then can others read it
+        (build-with-claude/prompt-caching: the cache exists once the first response has started)."""
         if parsed.cache_key is not None:
             with self._lock:
                 self._prompt_cache[parsed.cache_key] = time.monotonic() + CACHE_TTL_S[parsed.cache_ttl]
@@ -246,7 +247,7 @@ async def _count_tokens(request: web.Request) -> web.Response:
         _authenticate(request, state.config)
         bucket = state.count_tokens_bucket
         if bucket is not None:
-            # its own requests-per-minute limit, apart from the Messages limits (reference §6)
+            # its own requests-per-minute limit, apart from the Messages limits (https://platform.claude.com/docs/en/api/rate-limits)
             bucket.refill(time.monotonic())
             wait = bucket.wait_for(1.0)
             if wait > 0:
@@ -288,7 +289,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             raise RequestError("messages.0.content: the sandbox refuses this content (reject_marker)")
         cache_write, cache_read = state.cache_usage(parsed)
         if state.limiter.active:
-            # cache reads do not count against the input-token limit (reference §6)
+            # cache reads do not count against the input-token limit (https://platform.claude.com/docs/en/api/rate-limits)
             wait = state.limiter.admit(parsed.input_tokens - cache_read)
             if wait is not None:
                 rate_limited = True
@@ -340,7 +341,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 def _cached(answer: Answer, cached: tuple[int, int], ttl: str) -> Answer:
-    """The answer with its input split into uncached, cache-write and cache-read tokens (§4)."""
+    """The answer with its input split into uncached, cache-write and cache-read tokens."""
     write, read = cached
     if not write and not read:
         return answer

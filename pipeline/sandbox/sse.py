@@ -1,8 +1,9 @@
 """Server-sent events for streamed replies: the Messages event sequence, and OpenAI-like chunks.
 
-Anthropic order (reference §11): ``message_start``; per block ``content_block_start``, deltas,
-``content_block_stop``; one ``ping`` after the first block starts; ``message_delta`` with the stop
-reason and cumulative usage; ``message_stop``. Tool input streams as ``input_json_delta`` pieces
+Anthropic order (https://platform.claude.com/docs/en/build-with-claude/streaming): ``message_start``; per
+block ``content_block_start``, deltas, ``content_block_stop``; one ``ping`` after the first block
+starts; ``message_delta`` with the stop reason and cumulative usage; ``message_stop``. Tool input
+streams as ``input_json_delta`` pieces
 that start with an empty ``partial_json``, as the hosted API sends them.
 """
 

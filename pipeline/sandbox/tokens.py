@@ -10,10 +10,12 @@ The hosted tokenizer is not public, so the sandbox approximates a byte-pair toke
     any other character             1 (punctuation, symbols, non-Latin letters)
 
 Text from the tokenizer used from Opus 4.7 on (including Sonnet, Fable and Mythos 5) is counted
-30 % higher (reference §9). Images are resized as the API resizes them (long edge 1568 px and at most
-1,568 tokens before Claude 4.7; 2576 px and 4,784 tokens from 4.7) and then cost
-``ceil(w/28) * ceil(h/28)`` tokens (reference §3, Docs 2026-08). Prompt caching follows §10: a prefix
-shorter than the model's minimum is silently not cached.
+30 % higher (https://platform.claude.com/docs/en/build-with-claude/token-counting). Images are resized
+as the API resizes them (to the model's long edge and token cap, from the model table: 1568 px and
+1,568 tokens before Claude 4.7, 2576 px and 4,784 tokens from 4.7) and then cost
+``ceil(w/28) * ceil(h/28)`` tokens (https://platform.claude.com/docs/en/build-with-claude/vision). A
+prompt-cache prefix shorter than the model's minimum is silently not cached
+(https://platform.claude.com/docs/en/build-with-claude/prompt-caching).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Input tokens (usage, count_tokens and the rate limiter all use this one count, s
     + 4 per message + each image's tokens after the API's own resizing
 
 Blocks carrying ``cache_control`` are noted as cache breakpoints: the request's last breakpoint
-names the prefix (tools -> system -> messages, reference §10) that the prompt cache may hold.
+names the prefix (tools -> system -> messages, as the prompt-caching docs order it) that the
+prompt cache may hold.
 """
 
 from __future__ import annotations
