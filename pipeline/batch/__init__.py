@@ -1,13 +1,16 @@
-"""Batch mode: the same job through the Message Batches API, at batch prices, resumable from cron.
+"""The batch driver: the same job through the Message Batches API, at batch prices, resumable from cron.
 
-Module map (import the modules; this package imports nothing, so ``pipeline --help`` stays fast):
+It shares the preparation walk with the realtime driver and owns what only batches need: the
+submission log in ``OUTPUT/.batches``, splitting, collection and orphan adoption. Modules:
 
+- ``options``: what an invocation is given and what it ends with.
 - ``state``: what was submitted, persisted in ``OUTPUT/.batches`` before anything else can fail
   (the event log, the rows files, the custom_id mapping).
-- ``api``: the batch endpoints over HTTP (create, retrieve, list, cancel, the results stream).
 - ``submit``: rows to batch items, split by count and measured size, spooled to disk and sent.
 - ``collect``: a finished batch's results, streamed line by line into the output.
 - ``run``: one invocation end to end: orphans, collection, submission, waiting; cancel.
 - ``manage``: status, ``batch forget``, and where an output's batches went, without the job.
-- ``report``: the batch summary text.
+- ``summary``: the batch summary text.
+
+The endpoints themselves are :mod:`pipeline.api.batches`.
 """
