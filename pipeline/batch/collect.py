@@ -38,7 +38,7 @@ from pipeline.api.replies import parse_message
 from pipeline.atomic import fsync_path
 from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, read_rows, row_leaders
 from pipeline.errors import ForeignBatch, RetryableApiError
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.job.toolschema import schema_violation
 from pipeline.payloads.dedupe import shared_result
 from pipeline.records import Reply, Result, Row

@@ -13,7 +13,7 @@ from pipeline.records import Reply
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-    from pipeline.job.spec import RequestSpec
+    from pipeline.job.request import RequestSpec
 
 
 MESSAGE_LIMIT = 300  # characters of a validation message kept in error_message

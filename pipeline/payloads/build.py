@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.errors import RowError
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.payloads.images import PreparedImage, estimate_image_tokens
 from pipeline.wire import (
     CacheControl,

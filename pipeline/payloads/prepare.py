@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import RowError
-from pipeline.job.spec import JobSpec, RequestSpec, template_fields
+from pipeline.job.request import RequestSpec, template_fields
+from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.records import Row

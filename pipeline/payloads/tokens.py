@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.catalog.models import model_facts
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.payloads.build import system_text, tool_params
 from pipeline.payloads.images import PreparedImage
 from pipeline.wire import MessagePayload

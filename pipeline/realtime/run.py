@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, TypeVar
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
-from pipeline.job.spec import JobSpec, RequestSpec
+from pipeline.job.request import RequestSpec
+from pipeline.job.spec import JobSpec
 from pipeline.job.toolschema import schema_violation
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.job.toolschema import forced_tool
 from pipeline.records import Reply
 

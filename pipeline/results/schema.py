@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.records import Result
 from pipeline.results.columns import ColumnPlan, column_plan, plan_from_json
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.catalog.models import model_facts, model_table
-from pipeline.job.spec import RequestSpec
+from pipeline.job.request import RequestSpec
 from pipeline.payloads import tokens as estimator
 from pipeline.sandbox import tokens as sandbox_tokens
 

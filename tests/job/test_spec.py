@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from jobkit import toml_value
 from pipeline.errors import SpecError
-from pipeline.job.spec import JobSpec, load_job, parse_job, template_fields
+from pipeline.job.request import template_fields
+from pipeline.job.spec import JobSpec, load_job, parse_job
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {

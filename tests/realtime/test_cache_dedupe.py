@@ -15,7 +15,8 @@ import pytest
 from jobkit import invoke, text_job, write_job
 from pipeline.catalog.prices import price_for
 from pipeline.catalog.providers import PRESETS
-from pipeline.job.spec import NOT_FINGERPRINTED, RequestSpec, load_job
+from pipeline.job.request import NOT_FINGERPRINTED, RequestSpec
+from pipeline.job.spec import load_job
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.records import Reply, Result, Row, Usage
 from pipeline.sandbox import SandboxConfig, running_sandbox

@@ -12,7 +12,8 @@ import pytest
 
 from jobkit import invoke, text_job
 from pipeline.errors import SpecError
-from pipeline.job.spec import RequestSpec, parse_job
+from pipeline.job.request import RequestSpec
+from pipeline.job.spec import parse_job
 from pipeline.job.toolschema import schema_violation
 from pipeline.records import Reply, ToolCall, Usage
 from pipeline.results.columns import column_plan, shape_of
