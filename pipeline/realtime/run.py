@@ -10,28 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.conforming import send_conforming
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
-from pipeline.job.toolschema import schema_violation
-from pipeline.payloads.dedupe import Dedupe, shared_result
+from pipeline.payloads.dedupe import Dedupe
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
-from pipeline.records import Result, Row, Sent, Summary
-from pipeline.results.journal import Journal
+from pipeline.records import Row, Summary
 from pipeline.results.lock import locked_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress
+from pipeline.results.recorder import Recorder, RunTally
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore, note_job
-from pipeline.results.summary import ResultTally
 from pipeline.rows.media import online_loader
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
@@ -79,66 +77,6 @@ class _Work:
     key: str | None = None  # request_key, when identical requests are sent once
 
 
-@dataclass(slots=True)
-class _Tally(ResultTally):
-    """Running counts for the summary and the progress line: the results, plus rows to do and skipped."""
-
-    to_do: int = 0
-    skipped: int = 0
-
-
-class _Recorder:
-    """Journals each result the moment it exists, so a crash loses only requests in flight."""
-
-    def __init__(self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None) -> None:
-        self.journal = journal
-        self.fingerprint = fingerprint
-        self.tally = _Tally()
-        self.dedupe = dedupe
-
-    def shared(self, row: Row, leader: Result) -> None:
-        """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
-        self._record(shared_result(leader, row))
-
-    def answered(self, row: Row, sent: Sent, violation: str | None = None) -> None:
-        """A reply: ``ok``, or, when its tool input breaks the schema, an error row that keeps its tokens."""
-        self._record(
-            Result(
-                row=row,
-                status="ok" if violation is None else "error",
-                finished_at=datetime.now(UTC),
-                fingerprint=self.fingerprint,
-                reply=sent.reply,
-                attempts=sent.attempts,
-                latency_ms=round(sent.latency_ms, 1),
-                error_type=None if violation is None else "schema_violation",
-                error_message=violation,
-            )
-        )
-
-    def error(self, row: Row, error_type: str, message: str, attempts: int) -> None:
-        self._record(
-            Result(
-                row=row,
-                status="error",
-                finished_at=datetime.now(UTC),
-                fingerprint=self.fingerprint,
-                attempts=attempts,
-                error_type=error_type,
-                error_message=message,
-            )
-        )
-
-    def _record(self, result: Result) -> None:
-        batch = [result]
-        if self.dedupe is not None:
-            # a leader and the rows waiting for it reach the journal in one batch: a crash keeps all or none
-            batch += [shared_result(result, row) for row in self.dedupe.settle(result)]
-        self.journal.append(batch)
-        for item in batch:
-            self.tally.add(item)
-
-
 async def run_job(
     spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> RunOutcome:
@@ -167,7 +105,7 @@ async def _run_locked(
     settled = store.settled(fingerprint, options.retry)
     note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
-    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
+    recorder = Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
     if request.cache and (note := cache_shortfall(request)):
         log.warning("%s", note)
     limits = spec.limits
@@ -254,7 +192,7 @@ class _Run:
         settled: dict[str, str],
         request: RequestSpec,
         client: MessagesClient,
-        recorder: _Recorder,
+        recorder: Recorder,
     ) -> None:
         self.table = table
         # row_id -> row hash of rows whose latest result stands (ok, or an error not to retry)
@@ -356,7 +294,14 @@ class _Run:
                 continue
             self.in_flight += 1
             try:
-                sent, violation = await self._send_conforming(work)
+                sent, violation = await send_conforming(
+                    self.client,
+                    self.request,
+                    work.payload,
+                    input_tokens=work.input_tokens,
+                    row_id=work.row.row_id,
+                    stopping=lambda: self.stopping,
+                )
             except FatalApiError:
                 raise
             except ApiError as exc:
@@ -369,34 +314,13 @@ class _Run:
             finally:
                 self.in_flight -= 1
 
-    async def _send_conforming(self, work: _Work) -> tuple[Sent, str | None]:
-        """Send, and send again while the tool input breaks its schema (up to ``schema_attempts``).
-
-        Returns the last reply, with the attempts and tokens of every try added up (all were paid
-        for), and the last violation, or None when the reply conforms.
-        """
-        sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
-        violation = schema_violation(self.request, sent.reply)
-        tries = 1
-        while violation is not None and tries < self.request.schema_attempts and not self.stopping:
-            log.debug("row %s: %s; sending again", work.row.row_id, violation)
-            again = await self.client.send(work.payload, input_tokens=work.input_tokens)
-            sent = Sent(
-                reply=replace(again.reply, usage=sent.reply.usage + again.reply.usage),
-                attempts=sent.attempts + again.attempts,
-                latency_ms=again.latency_ms,
-            )
-            violation = schema_violation(self.request, sent.reply)
-            tries += 1
-        return sent, violation
-
 
 def _cancel(*tasks: asyncio.Task[None]) -> None:
     for task in tasks:
         task.cancel()
 
 
-async def _report_progress(tally: _Tally) -> None:
+async def _report_progress(tally: RunTally) -> None:
     started = time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
