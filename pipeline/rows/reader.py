@@ -16,7 +16,7 @@ import glob
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,14 +196,25 @@ def row_id(values: Mapping[str, Any], columns: Sequence[str], id_column: str | N
     return value_hash(values, columns)
 
 
-def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = None) -> Iterator[SourcedRow]:
+def iter_rows(
+    table: InputTable,
+    *,
+    batch_size: int = 2000,
+    limit: int | None = None,
+    first_index: int = 0,
+    seen: set[str] | None = None,
+) -> Iterator[SourcedRow]:
     """Yield rows in input order, batch by batch.
 
     Without an id column, identical rows get ``-2``, ``-3``... suffixes so every row keeps its own id.
+
+    :param first_index: the index of the table's first row, when the table is a part of a larger input
+        read apart (:func:`file_table`): rows keep the indexes they have in the whole input.
+    :param seen: row ids already given to earlier rows of the whole input (without an id column).
     """
     frame = table.frame if limit is None else table.frame.head(limit)
-    seen: set[str] = set()
-    index = 0
+    seen = set() if seen is None else seen
+    index = first_index
     try:
         for batch in frame.collect_batches(chunk_size=batch_size):
             sources = batch[SOURCE_COLUMN].to_list()
@@ -218,6 +229,33 @@ def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = 
     except (pl.exceptions.PolarsError, OSError) as exc:
         # polars reads whole batches, so all we know is that the rows before this one were fine
         raise InputError(_explain(exc, table.files, after_row=index)) from None
+
+
+def file_table(table: InputTable, path: Path) -> InputTable:
+    """One file of ``table`` as a table of its own, to be read apart from the others (a cluster's read task).
+
+    Its columns are the whole table's, as one read of every file would give them: a column only other
+    files have is null here, and each column has the type the files' types widen to.
+    """
+    schema = table.frame.collect_schema()
+    scan = _scan(path)
+    own = scan.collect_schema()
+    columns = [_conformed(name, dtype, own) for name, dtype in schema.items()]
+    return replace(table, files=(path,), frame=scan.select(columns))
+
+
+def _conformed(name: str, dtype: pl.DataType, own: pl.Schema) -> pl.Expr:
+    if name not in own:
+        return pl.lit(None, dtype=dtype).alias(name)
+    return pl.col(name) if own[name] == dtype else pl.col(name).cast(dtype)
+
+
+def count_rows(table: InputTable) -> int:
+    """How many rows ``table`` holds (a pass over the input; Parquet answers from its footer)."""
+    try:
+        return int(table.frame.select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(_explain(exc, table.files)) from None
 
 
 def _dedupe(row_id: str, seen: set[str]) -> str:
