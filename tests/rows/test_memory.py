@@ -89,11 +89,13 @@ def test_a_named_pandas_index_is_a_column_and_a_default_one_is_not() -> None:
 
 
 def test_a_dataset_is_read_in_its_selection_and_order() -> None:
-    """A Hugging Face Dataset after select() gives the selected rows, in the selection's order."""
+    """A Dataset after select() gives the selected rows in their order; so does an IterableDataset."""
     dataset = datasets.Dataset.from_list([{"subject": f"item {i}", "n": i} for i in range(600)])
     picked = dataset.select([599, 3, 250, 3])
     assert [row.values["n"] for row in rows_of(picked)] == [599, 3, 250, 3]
     assert [row.values["n"] for row in rows_of(dataset)] == list(range(600))
+    streamed = picked.to_iterable_dataset()  # an IterableDataset (streaming=True) reads the same way
+    assert [row.values["n"] for row in rows_of(streamed)] == [599, 3, 250, 3]
 
 
 def test_a_dataset_image_column_passes_through_as_its_struct() -> None:
