@@ -67,9 +67,16 @@ ORPHAN_SKEW = timedelta(minutes=5)
 
 
 async def run_batch(
-    spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec | None,
+    options: BatchOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> BatchOutcome:
-    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait."""
+    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
+
+    :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
+    """
     started = time.monotonic()
     store = ResultStore(options.output)
     store.prepare()
@@ -88,7 +95,7 @@ async def run_batch(
             store.compact()
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, spec, options)
-            return await engine.run(started)
+            return await engine.run(started, shutdown or Shutdown(options.grace_s))
 
 
 async def cancel_batches(
@@ -158,9 +165,8 @@ class _Engine:
         self._unsendable: set[str] = set()  # rows that became errors without a request, this invocation
         self._progress: dict[str, BatchInfo] = {}
 
-    async def run(self, started: float) -> BatchOutcome:
+    async def run(self, started: float, shutdown: Shutdown) -> BatchOutcome:
         fatal: FatalApiError | None = None
-        shutdown = Shutdown(self.options.grace_s)
         main = asyncio.current_task()
         assert main is not None
         shutdown.install(stop=self.stop.set, abort=lambda: _cancel(main))

@@ -184,15 +184,7 @@ def validate(job: Path, input_: str | None, show: int) -> None:
 
     spec = load_job(job)
     report = validate_job(spec, input_ if input_ is not None else spec.input)
-    for problem in report.problems[:show]:
-        click.echo(f"  {problem}", err=True)
-    if len(report.problems) > show:
-        click.echo(f"  ... and {len(report.problems) - show} more", err=True)
-    click.echo(
-        f"{spec.source}: job ok; {report.rows} rows, {report.images} images checked,"
-        f" {len(report.problems)} rows with problems",
-        err=True,
-    )
+    click.echo(report.text(show), err=True)
     sys.exit(EXIT_ROW_ERRORS if report.problems else EXIT_OK)
 
 

@@ -32,6 +32,7 @@ from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
 from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
 from pipeline.rows.media import offline_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.wire import MessagePayload
 
@@ -68,7 +69,7 @@ class _Walk:
 
 def estimate_job(
     spec: JobSpec,
-    input_pattern: str,
+    source: InputSource,
     output: Path,
     *,
     limit: int | None = None,
@@ -78,7 +79,7 @@ def estimate_job(
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there."""
     request = spec.request
-    table = open_job_input(spec, input_pattern)
+    table = open_job_input(spec, source)
     settled, typical = _earlier_results(output, request.fingerprint())
     walk = _Walk()
     rng = random.Random(0)  # the same sample every time for the same input

@@ -32,6 +32,7 @@ from pipeline.job.spec import JobSpec
 from pipeline.results.compaction import Fold, remove_files
 from pipeline.results.journal import Journal, read_journal
 from pipeline.results.schema import column_order
+from pipeline.rows.memory import FrameInput, InputSource
 
 RESULTS_FILE = "results.parquet"
 PREVIOUS_FILE = "results.previous.parquet"
@@ -203,12 +204,12 @@ def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(column_order(frame.columns))
 
 
-def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
+def note_job(directory: Path, spec: JobSpec, source: InputSource) -> None:
     """Record the latest run's job (``OUTPUT/job.json``): images for report, prices for status."""
     note = {
         "name": spec.name,
         "job": spec.source,
-        "input": os.path.abspath(input_pattern),
+        "input": source.note_path() if isinstance(source, FrameInput) else os.path.abspath(source),
         "images": list(spec.request.images),
         "model": spec.request.model,
         "prices": spec.prices.model_dump() if spec.prices else None,
