@@ -67,7 +67,7 @@ _EXPORTS = {
     "RowError": "pipeline.errors",
     "RunOptions": "pipeline.realtime.run",
     "RunOutcome": "pipeline.realtime.run",
-    "Sandbox": "pipeline.frames.sandbox",
+    "Sandbox": "pipeline.sandbox.block",
     "SpecError": "pipeline.errors",
     "load_job": "pipeline.job.spec",
     "run_batch": "pipeline.batch.run",
@@ -100,12 +100,23 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
+    if name == "sandbox":  # the subpackage, callable: `with pipeline.sandbox(): ...`
+        _require_sandbox("pipeline.sandbox()")
+        return _importlib.import_module("pipeline.sandbox")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    if module.startswith("pipeline.sandbox"):
+        _require_sandbox(f"pipeline.{name}")
     value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # resolved once; later lookups never come back here
     return value
+
+
+def _require_sandbox(feature: str) -> None:
+    from pipeline.extras import require
+
+    require("sandbox", feature)
 
 
 def __dir__() -> list[str]:
@@ -129,6 +140,6 @@ if _typing.TYPE_CHECKING:
         SpecError,
     )
     from pipeline.frames.job import Job
-    from pipeline.frames.sandbox import Sandbox
     from pipeline.job.spec import JobSpec, load_job
     from pipeline.realtime.run import RunOptions, RunOutcome, run_job
+    from pipeline.sandbox.block import Sandbox

@@ -18,7 +18,7 @@ CELLS = [
         "A `pipeline.Job` takes the job file's keys as keywords, runs over a DataFrame and returns one "
         "row of results per input row, in the input's order. Here it runs against the built-in "
         "sandbox (free, offline, no key); to use the API, export `ANTHROPIC_API_KEY` and skip the "
-        "`Sandbox` cell.\n\n"
+        "`pipeline.sandbox()` cell.\n\n"
         "Run it from the repository's `sample_data/` folder: the table's image paths are relative to it."
     ),
     new_code_cell(
@@ -67,7 +67,7 @@ CELLS = [
         "goes there (`job.run(photos, sandbox=True)` would start one for that run only)."
     ),
     new_code_cell(
-        "sandbox = pipeline.Sandbox().start()\n"
+        "sandbox = pipeline.sandbox().start()\n"
         "captions = job.run(photos)\n"
         'captions.select("id", "subject", "status", "out_alt_text", "out_colours", "out_has_text")',
         metadata={"tags": ["captions"]},
@@ -99,6 +99,8 @@ CELLS = [
 
 
 def main() -> None:
+    for number, cell in enumerate(CELLS, start=1):
+        cell.id = f"cell-{number}"  # stable ids: regenerating changes only what was edited
     notebook = new_notebook(cells=CELLS)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook.metadata["language_info"] = {"name": "python"}

@@ -51,7 +51,7 @@ def serving(spec: JobSpec, *, sandbox: bool, base_url: str | None, start: bool =
     :raises ConfigError: two servers named, or no key (the CLI's message, naming ``sandbox=True``).
     """
     from pipeline.cli.support import SANDBOX_KEY, api_key_for, server_url
-    from pipeline.frames.sandbox import active_sandbox
+    from pipeline.sandbox.block import active_sandbox
 
     if sandbox and base_url:
         raise ConfigError("sandbox=True and base_url= both name a server; use one")

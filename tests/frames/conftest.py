@@ -21,6 +21,6 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def sandbox() -> Iterator[pipeline.Sandbox]:
-    """A sandbox served for the test: runs that name no server go there."""
-    with pipeline.Sandbox() as served:
+    """A sandbox served for the test (``with pipeline.sandbox():``): runs that name no server go there."""
+    with pipeline.sandbox() as served:
         yield served

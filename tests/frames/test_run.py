@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import httpx
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -337,3 +338,18 @@ def test_the_readmes_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) ->
     captions = scope["captions"]
     assert captions["id"].to_list() == pl.read_csv(SAMPLE / "images.csv")["id"].to_list()
     assert captions["status"].to_list() == ["ok"] * 10
+
+
+def test_pipeline_sandbox_is_the_context_manager_and_still_the_package() -> None:
+    """`with pipeline.sandbox():` serves a sandbox, and `pipeline.sandbox` still imports as the package."""
+    import pipeline.sandbox as package
+    from pipeline.sandbox import SandboxConfig
+
+    assert pipeline.sandbox is package
+    assert SandboxConfig().host == "127.0.0.1"
+    with pipeline.sandbox(latency_ms=1) as served:
+        assert isinstance(served, pipeline.Sandbox)
+        assert served.config.latency_ms == 1
+        assert served.base_url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{served.base_url}/_sandbox/stats", timeout=10).status_code == 200
+    assert repr(served) == "Sandbox(not serving)"

@@ -1,10 +1,10 @@
-"""``pipeline.Sandbox``: the local sandbox served for a ``with`` block, as ``pipeline sandbox`` serves it.
+"""``pipeline.sandbox()`` (also ``pipeline.Sandbox``): the sandbox served for a ``with`` block.
 
 While a block is open, a ``Job.run`` (or ``estimate(exact=True)``) that names no server
 (``base_url=``, ``sandbox=True``) sends to the innermost open sandbox, with the sandbox's key when
 the job's key variable is unset; other tools reach it at ``base_url`` (the official SDK works
-against it unchanged). Named ``Sandbox``, not ``sandbox``: ``pipeline.sandbox`` is the subpackage
-that implements it, and an import of it would shadow a function of that name on the package.
+against it unchanged). ``pipeline.sandbox`` is this package, made callable (see its
+``__init__``), so that ``with pipeline.sandbox():`` works however it was imported.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Sandbox:
     """
 
     def __init__(self, *, preset: str | None = None, **settings: Any) -> None:
-        require("sandbox", "pipeline.Sandbox")
+        require("sandbox", "pipeline.sandbox()")
         from pipeline.sandbox.config import SandboxConfig, preset_config
 
         try:
