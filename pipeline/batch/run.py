@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
+from pipeline.api.config import is_loopback
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -330,7 +331,9 @@ class _Engine:
         self.exhausted = 0  # counted afresh by each pass
         table = open_job_input(spec, options.input)
         fingerprint = spec.request.fingerprint()
-        settled = self.store.settled(fingerprint, options.retry)
+        settled = self.store.settled(
+            fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
+        )
         pending = pending_row_ids(self.log, self.log.submissions())
         prior = prior_attempts(self.store, fingerprint)
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))

@@ -326,6 +326,7 @@ class Job:
         Rows that output already holds are left out. ``exact`` also counts a ``sample`` of requests
         with the free count_tokens endpoint (at ``base_url``, the sandbox, or the job's server).
         """
+        from pipeline.api.config import is_loopback
         from pipeline.dryrun.estimate import estimate_job
         from pipeline.frames.calling import call_function
         from pipeline.frames.drive import serving
@@ -345,6 +346,7 @@ class Job:
                     exact_base_url=server.url if exact else None,
                     api_key=server.key,
                     sample=sample,
+                    sandbox_answers=server.sandbox or is_loopback(server.url),
                 )
             )
 

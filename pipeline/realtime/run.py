@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.config import is_loopback
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
@@ -177,7 +178,7 @@ async def _run_locked(
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
     table = open_job_input(spec, options.input)
-    settled = store.settled(fingerprint, options.retry)
+    settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
     note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
     recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
