@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from pipeline.api.config import is_loopback
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.catalog.providers import PUBLIC_KEYS
 from pipeline.cluster.limiter import LimiterSettings, LimiterStats, create_limiter
@@ -105,6 +106,11 @@ async def run_on_ray(spec: JobSpec, options: RunOptions, cluster: ClusterOptions
 
 def _absolute(spec: JobSpec, options: RunOptions) -> tuple[JobSpec, RunOptions]:
     """The job's paths made absolute: Ray workers do not share the driver's working directory."""
+    if not isinstance(options.input, str):
+        raise ConfigError(
+            "the Ray engine reads its input from files (a path or a glob), on the cluster; "
+            "for a table held in Python, use pipeline.process_dataset with a ray.data.Dataset"
+        )
     options = replace(
         options, output=Path(os.path.abspath(options.output)), input=os.path.abspath(options.input)
     )
@@ -152,7 +158,7 @@ class _ClusterRun:
         if request.cache and (note := cache_shortfall(request)):
             log.warning("%s", note)
         pieces, total = plan_reads(table, options.limit)
-        settled = store.settled(fingerprint, options.retry)
+        settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
         self.tally.to_do = max(0, total - len(settled))  # the progress's total; exact as rows come back
         key, key_env = self._key_source()
         session = open_session(self.cluster.address, env=key_env)
@@ -202,11 +208,8 @@ class _ClusterRun:
             output,
             spec.request.fingerprint(),
             options.retry,
-            # a block is one sender's task: a small input still reaches every sender
-            block_rows=max(
-                1,
-                min(MAX_BLOCK_ROWS, concurrency * BATCHES_PER_BLOCK, -(-self.tally.to_do // sizing.workers)),
-            ),
+            sandbox_answers=is_loopback(options.base_url),
+            block_rows=_block_rows(self.tally.to_do, sizing.workers, concurrency),
             limiter=self._limiter,
         )
         self._registry = create_registry()

@@ -45,21 +45,27 @@ class OutputTarget:
         """A new journal for one sender; ``writer`` names it apart from every other sender's."""
         return ResultStore(self.directory).new_journal(schema, writer=writer)
 
-    def settled(self, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
-        """The rerun rule's settled rows (row_id -> row hash), read once per worker process."""
+    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
+        """The rerun rule's settled rows (row_id -> row hash), read once per worker process.
+
+        :param sandbox_answers: whether the sandbox's answers count (a run to a loopback server).
+        """
         path = ResultStore(self.directory).results_path
         try:
             info = path.stat()
         except FileNotFoundError:
             return {}
-        return _settled(self.directory, (info.st_mtime_ns, info.st_size), fingerprint, retry)
+        stamp = (info.st_mtime_ns, info.st_size)
+        return _settled(self.directory, stamp, fingerprint, retry, sandbox_answers)
 
 
 @functools.lru_cache(maxsize=2)
-def _settled(directory: Path, stamp: tuple[int, int], fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
+def _settled(
+    directory: Path, stamp: tuple[int, int], fingerprint: str, retry: RerunPolicy, sandbox_answers: bool
+) -> dict[str, str]:
     """Cached per process by the file's identity: every read task of a worker process shares one read."""
     del stamp  # part of the cache key only
-    return ResultStore(directory).settled(fingerprint, retry)
+    return ResultStore(directory).settled(fingerprint, retry, sandbox_answers=sandbox_answers)
 
 
 def writer_name() -> str:

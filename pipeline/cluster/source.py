@@ -46,6 +46,8 @@ class ReadRule:
     """What every read task of a run follows: which rows not to send again, how many rows to a block,
     and where to hear that the run stops (then it reads no further).
 
+    :param sandbox_answers: whether answers the sandbox gave count as settled (a run to a loopback
+        server, ``api.config.is_loopback``).
     :param block_rows: a block goes to one sender as one task: small enough that a small input still
         spreads over every sender, large enough that a task keeps a sender busy.
     :param limiter: the run's limiter actor, asked before each block whether the run is stopping.
@@ -54,6 +56,7 @@ class ReadRule:
     output: OutputTarget
     fingerprint: str
     retry: RerunPolicy
+    sandbox_answers: bool
     block_rows: int = MAX_BLOCK_ROWS
     limiter: Any = None
 
@@ -81,7 +84,7 @@ def read_piece(piece: ReadPiece, rule: ReadRule) -> Iterator[pa.Table]:
 
     A block also ends after ``SCAN_ROWS`` rows read, so that an input mostly settled yields few blocks.
     """
-    done = rule.output.settled(rule.fingerprint, rule.retry)
+    done = rule.output.settled(rule.fingerprint, rule.retry, sandbox_answers=rule.sandbox_answers)
     kept: list[bytes | None] = []
     skipped = 0
     for sourced in iter_rows(piece.table, limit=piece.limit, first_index=piece.first_index):
