@@ -128,6 +128,13 @@ def sweep(marker: str, rounds: int = 20) -> None:
         time.sleep(0.25)
 
 
+def parent(pid: int) -> int | None:
+    """The parent pid of ``pid`` (from /proc), or None when it is gone."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return None
+
+
 def command_line(pid: int) -> str:
     with contextlib.suppress(OSError):
         return (

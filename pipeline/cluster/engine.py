@@ -33,11 +33,10 @@ import pyarrow as pa
 
 from pipeline.api.config import is_loopback
 from pipeline.catalog.prices import describe_price, price_for
-from pipeline.catalog.providers import PUBLIC_KEYS
 from pipeline.cluster.limiter import LimiterSettings, LimiterStats, create_limiter
 from pipeline.cluster.output import OutputTarget
 from pipeline.cluster.registry import create_registry
-from pipeline.cluster.sender import OUTCOME_SCHEMA, JobSender, KeySource, SendPlan
+from pipeline.cluster.sender import OUTCOME_SCHEMA, JobSender, KeySource, SendPlan, key_source
 from pipeline.cluster.session import RaySession, open_session, starts_local
 from pipeline.cluster.sizing import READ_CPUS, cluster_nodes, size_senders
 from pipeline.cluster.source import MAX_BLOCK_ROWS, ReadRule, job_source, plan_reads
@@ -160,7 +159,9 @@ class _ClusterRun:
         pieces, total = plan_reads(table, options.limit)
         settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
         self.tally.to_do = max(0, total - len(settled))  # the progress's total; exact as rows come back
-        key, key_env = self._key_source()
+        key, key_env = key_source(
+            spec.api.api_key_env, options.api_key, local=starts_local(self.cluster.address)
+        )
         session = open_session(self.cluster.address, env=key_env)
         try:
             try:
@@ -176,21 +177,6 @@ class _ClusterRun:
         if self.stopped_by is not None:
             raise self.stopped_by
         return self._outcome(tally, results_rows)
-
-    def _key_source(self) -> tuple[KeySource, dict[str, str]]:
-        """Where workers read the key, and what a local instance's processes must start with."""
-        name = self.spec.api.api_key_env
-        key = self.options.api_key
-        if key in PUBLIC_KEYS:  # the sandbox's, or a placeholder: no secret, so it may travel
-            return KeySource(name, fallback=key), {}
-        if os.environ.get(name, "").strip() == key:
-            return KeySource(name), {}
-        if starts_local(self.cluster.address):
-            return KeySource(name), {name: key}
-        raise ConfigError(
-            f"the API key must be in {name} (on every node of the cluster, and here): the Ray engine never "
-            "sends it to workers"
-        )
 
     async def _send(self, session: RaySession, key: KeySource, pieces: list[Any], schema: pa.Schema) -> None:
         import ray

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.conforming import send_conforming
+from pipeline.catalog.providers import PUBLIC_KEYS
 from pipeline.cluster.limiter import FatalReport, SendingStopped, SharedBudgets, SharedGate
 from pipeline.cluster.output import JournalWriter, OutputTarget, writer_name
 from pipeline.cluster.registry import LEAD, Outcome
@@ -75,6 +76,28 @@ class KeySource:
                 "from its own environment (set it where the node's processes start)"
             )
         return key
+
+
+def key_source(env: str, api_key: str, *, local: bool) -> tuple[KeySource, dict[str, str]]:
+    """Where a run's workers find ``api_key``, and what a local instance's processes must start with.
+
+    A key that is no secret (:data:`~pipeline.catalog.providers.PUBLIC_KEYS`) travels; any other
+    stays in environments: the workers' own, or, for a local instance started for the run, the one
+    its processes inherit (never logged). A key the driver holds only in memory cannot reach a
+    running cluster at all.
+
+    :raises ConfigError: the key is not in ``env`` here and the cluster is already running.
+    """
+    if api_key in PUBLIC_KEYS:  # the sandbox's, or a placeholder
+        return KeySource(env, fallback=api_key), {}
+    if os.environ.get(env, "").strip() == api_key:
+        return KeySource(env), {}
+    if local:
+        return KeySource(env), {env: api_key}
+    raise ConfigError(
+        f"the API key must be in {env} (on every node of the cluster, and here): the Ray engine never "
+        "sends it to workers"
+    )
 
 
 @dataclass(frozen=True, slots=True)

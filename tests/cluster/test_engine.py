@@ -7,6 +7,7 @@ sandbox's own tallies (requests, 429s, answers per request) prove what was sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -384,3 +385,39 @@ def test_without_an_address_a_local_instance_is_started_for_the_run_and_stopped(
     finally:
         raykit.sweep(f"TMPDIR={temp}")
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_losing_a_worker_node_mid_run_loses_only_its_requests_in_flight(cluster: Any, tmp_path: Path) -> None:
+    """A third node dies mid-run: the run ends ok on the others; only its requests in flight are paid 2x."""
+    node = cluster.add_node(**raykit.NODE)
+    cluster.wait_for_nodes()
+    raylet = node.all_processes["raylet"][0].process
+    job = text_job(tmp_path, rows=90)
+    job.write_text(job.read_text().replace("concurrency = 4", "concurrency = 6"))  # 2 in flight a worker
+    marker = f"RAY_TMPDIR={os.environ['RAY_TMPDIR']}"
+    try:
+        with running_sandbox(SandboxConfig(latency_ms=150, jitter_ms=50, seed=9)) as sandbox:
+            # three senders, each too big for two on one node: one on every node
+            child = _driver(job, sandbox, cluster, "--workers", "3")
+            try:
+                _wait_for_answers(sandbox, 20, child)
+                on_node = [pid for pid in _senders(marker) if raykit.parent(pid) == raylet.pid]
+                assert on_node, "no sender on the node to lose: the test would prove nothing"
+                raylet.kill()  # the node's workers go with their raylet
+                _, err = child.communicate(timeout=240)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate()
+            stats = sandbox.stats()
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.remove_node(node, allow_graceful=False)
+    assert child.returncode == 0, err
+    frame = results(tmp_path / "out")
+    assert sorted(frame["id"].to_list(), key=int) == [str(i) for i in range(90)]
+    assert set(frame["status"]) == {"ok"}
+    paid = stats["ok_by_request"]
+    assert len(paid) == 90
+    assert max(paid.values()) <= 2
+    assert sum(1 for count in paid.values() if count > 1) <= 2  # the lost sender's requests in flight
