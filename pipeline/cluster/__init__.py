@@ -12,7 +12,9 @@ Module map:
 - ``registry``: the run's memory across workers: rows answered (a retried batch resends nothing) and
   identical requests in flight (sent once).
 - ``output``: where a sender journals (the output directory now; the interface an object store fills).
-- ``sender``: the senders (an async actor pool): prepare each row where it is read, send, journal.
+- ``sender``: the senders (an async actor pool): prepare each row where it is read, send, journal;
+  where a worker finds the API key (its own environment).
+- ``sizing``: how many senders, and each one's CPUs, threads and share of the job's concurrency.
 - ``engine``: the driver: ``run_on_ray``, progress, signals, compaction, the summary.
 - ``dataset``: ``process_dataset`` for teams that already hold a ``ray.data.Dataset``.
 """
