@@ -265,6 +265,15 @@ class ObjectStorage:
             raise ObjectStoreError(f"{where}: object is {size:,} bytes, over the limit of {max_bytes:,}")
         return bytes(_guarded(str(where), result.bytes))
 
+    def get_with_etag(self, url: str) -> tuple[bytes, str | None]:
+        """The object's bytes and the ETag of exactly that version (for a conditional write after)."""
+        import obstore
+
+        where = ObjectUrl.parse(url)
+        result = _guarded(str(where), obstore.get, self.store(where), where.key)
+        etag = result.meta.get("e_tag")
+        return bytes(_guarded(str(where), result.bytes)), str(etag) if etag is not None else None
+
     def stream(self, url: str, *, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The object's bytes in chunks, as they arrive (one GET, never held whole)."""
         import obstore
