@@ -197,7 +197,7 @@ class Lease:
                 continue  # another run took it first: read again
             except ObjectStoreError as exc:
                 raise OutputError(f"cannot take the lease of {self.label}: {exc}") from None
-            if record is not None:
+            if record is not None and record.expires_at > 0:  # 0: released by its holder, nothing to say
                 log.info("took over the expired lease of %s (%s)", self.label, record.describe())
             self._start_renewing()
             return
