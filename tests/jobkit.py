@@ -106,3 +106,47 @@ def run_subprocess(
         timeout=timeout,
         check=False,
     )
+
+
+def photo(seed: int, size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> bytes:
+    """A distinct small photo-like image per seed (a gradient and a few noisy pixels)."""
+    img = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
+    for i in range(8):
+        img.putpixel(((seed + i * 7) % size[0], (seed * 3 + i) % size[1]), (255 - i * 9, i * 17, seed % 256))
+    buffer = io.BytesIO()
+    img.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_shard(path: Path, samples: Sequence[tuple[str, Mapping[str, bytes]]]) -> Path:
+    """A WebDataset tar shard: for each (key, {extension: bytes}), members key.extension in order."""
+    import tarfile
+
+    with tarfile.open(path, "w") as archive:
+        for key, members in samples:
+            for extension, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def pdf_bytes(pages: int = 1, text: str = "Hello") -> bytes:
+    """A small valid PDF with ``pages`` pages (hand-built: objects, xref table and trailer)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(pages))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>")
+    for i in range(pages):
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents {4 + 2 * i} 0 R >>")
+        stream = f"BT /F1 12 Tf 20 100 Td ({text} {i + 1}) Tj ET"
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)

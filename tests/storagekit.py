@@ -78,7 +78,9 @@ def start_moto(log: Path) -> MotoServer:
 
 
 def _clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "GOOGLE_", "AZURE_"))}
+    return {
+        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "GOOGLE_", "AZURE_"))
+    }
 
 
 def storage_env(endpoint: str, cache: Path) -> dict[str, str]:
@@ -148,4 +150,3 @@ def new_bucket(endpoint: str) -> Bucket:
     response = httpx.put(f"{endpoint}/{name}", timeout=30)
     response.raise_for_status()
     return Bucket(name, endpoint)
-

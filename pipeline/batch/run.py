@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
+from pipeline.api.files import FilesApi
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -48,9 +49,8 @@ from pipeline.errors import (
 )
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
-from pipeline.records import Result, Row, Summary
-from pipeline.api.files import FilesApi
 from pipeline.payloads.transport import Transport, transport_for
+from pipeline.records import Result, Row, Summary
 from pipeline.results.journal import Journal
 from pipeline.results.outputs import open_output
 from pipeline.results.schema import output_schema

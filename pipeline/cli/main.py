@@ -312,10 +312,8 @@ def export(output: Path | str, fmt: str, to: Path | None) -> None:
 
     with reading(output) as (store, _):
         path, rows = export_results(store.directory, fmt, to)  # type: ignore[arg-type]
-        if to is None and isinstance(output, str):  # the default place is beside the results, in the bucket
-            where = publish(output, path)
-        else:
-            where = str(path)
+        # the default place is beside the results: in the bucket, for an object-storage output
+        where = publish(output, path) if to is None and isinstance(output, str) else str(path)
     if path != STDOUT:
         click.echo(f"{rows} rows written to {where}", err=True)
 

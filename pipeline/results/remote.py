@@ -128,16 +128,19 @@ class ObjectResultStore(ResultStore):
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the output for a run: this machine's lock on the staging folder, then the lease; mirror it."""
-        with locked_output(self.directory):
-            self.lease.acquire()
-            self._holding = True
-            try:
-                self._pull()
-                yield
-            finally:
-                self._holding = False
-                self.lease.release()
+        """Hold the output for a run: the lease (refused naming its holder), then this machine's lock on
+        the staging folder; then mirror the bucket."""
+        self.lease.acquire()
+        try:
+            with locked_output(self.directory):
+                self._holding = True
+                try:
+                    self._pull()
+                    yield
+                finally:
+                    self._holding = False
+        finally:
+            self.lease.release()
 
     def holder(self) -> str | None:
         """Who holds the output now ("host h, pid p, started t"), or None."""
@@ -190,6 +193,11 @@ class ObjectResultStore(ResultStore):
         for path in self.segments_dir.glob("*.arrows"):
             if path.name not in self._remote_segments or path.name in folded:
                 path.unlink()  # folded by a run elsewhere, or already in results.parquet
+        for name in sorted(self._remote_segments & folded):
+            # results.parquet holds it: a crash came between the PUT and this segment's delete
+            with contextlib.suppress(ObjectStoreError):
+                self.storage.delete(self.remote(f"{JOURNAL_DIR}/{name}"))
+                self._remote_segments.discard(name)
         for name in sorted(self._remote_segments - folded):
             target = self.segments_dir / name
             if not target.exists():
@@ -318,7 +326,8 @@ class ObjectResultStore(ResultStore):
                 )
         except (ObjectChanged, ObjectNotFound) as exc:
             raise OutputError(
-                f"{self.remote(RESULTS_FILE)} changed while this run held the output ({exc}); nothing is lost:"
+                f"{self.remote(RESULTS_FILE)} changed while this run held the output ({exc});"
+                " nothing is lost:"
                 " the journal segments stay in the bucket and the next run folds them"
             ) from None
         except ObjectStoreError as exc:

@@ -156,10 +156,11 @@ def read_status(
     batch_log = BatchLog(directory)
     submissions = batch_log.submissions()
     frame = store.snapshot()
+    holder = running if label is not None else lock_holder(directory)
     if frame is None:
-        if not submissions:
+        if not submissions and holder is None:
             raise OutputError(f"{label or directory} holds no results (no results.parquet and no journal)")
-        frame = pl.DataFrame(  # only batches so far: nothing collected yet
+        frame = pl.DataFrame(  # only batches so far, or a run that has recorded nothing yet
             schema={"status": pl.String, "error_type": pl.String, "error_message": pl.String}
         )
     errors = (
@@ -190,7 +191,7 @@ def read_status(
         tokens=tokens,
         last_finished_at=None if last is None else str(last),
         unfolded_journals=len(journals),
-        running=running if label is not None else lock_holder(directory),
+        running=holder,
     )
 
 

@@ -52,7 +52,7 @@ SCHEMES: Final = {
     "abfs": "azure",
     "abfss": "azure",
 }
-_URL: Final = re.compile(r"^(s3a?|gcs?|az|abfss?)://", re.IGNORECASE)
+_URL: Final = re.compile(r"^(s3a?|gs|gcs|az|abfss?)://", re.IGNORECASE)
 # obstore's own retries: 5xx, connection errors, dropped connections, timeouts of safe requests
 RETRY: Final = {"max_retries": 6, "retry_timeout": timedelta(seconds=90)}
 TIMEOUT: Final = {"connect_timeout": "10s", "timeout": "120s"}

@@ -86,7 +86,7 @@ class FileStore:
 def has_files_beta(request: web.Request) -> bool:
     """Whether the request carries ``anthropic-beta: files-api-2025-04-14`` (comma lists and repeats too)."""
     values = request.headers.getall("anthropic-beta", [])
-    return any(FILES_BETA == beta.strip() for value in values for beta in value.split(","))
+    return any(beta.strip() == FILES_BETA for value in values for beta in value.split(","))
 
 
 def require_files_beta(request: web.Request, what: str) -> None:

@@ -102,7 +102,8 @@ async def resolve_sources(
         elif source.get("type") == "file":
             if not beta:
                 raise RequestError(
-                    f"{where}.file: file sources require the beta header 'anthropic-beta: files-api-2025-04-14'"
+                    f"{where}.file: file sources require the beta header"
+                    " 'anthropic-beta: files-api-2025-04-14'"
                 )
             file_id = source.get("file_id")
             found = store.get(file_id) if isinstance(file_id, str) else None
@@ -178,7 +179,7 @@ def _inline(kind: str, data: bytes, hint: str, where: str) -> dict[str, Any]:
             "media_type": "application/pdf",
             "data": base64.b64encode(data).decode("ascii"),
         }
-    if hint.split(";")[0].strip() == "text/plain":
+    if hint.split(";", maxsplit=1)[0].strip() == "text/plain":
         try:
             return {"type": "text", "media_type": "text/plain", "data": data.decode("utf-8")}
         except UnicodeDecodeError:
