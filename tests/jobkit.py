@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,41 @@ def pdf_bytes(pages: int = 1, text: str = "Hello") -> bytes:
     out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
+
+
+@contextlib.contextmanager
+def static_server(files: Mapping[str, bytes]) -> Iterator[tuple[str, collections.Counter[str]]]:
+    """Serve ``files`` (path -> bytes) over HTTP on 127.0.0.1; yields the base URL and hits per path."""
+    import http.server
+    import threading
+
+    hits: collections.Counter[str] = collections.Counter()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits[self.path] += 1
+            data = files.get(self.path)
+            if data is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header(
+                "content-type", "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "application/pdf"
+            )
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
