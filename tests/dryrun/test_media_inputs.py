@@ -46,8 +46,8 @@ def test_validate_checks_embedded_images_and_documents_offline(tmp_path: Path) -
     assert "row 2 (id " in done.output
     assert "image b.jpg (embedded, 4 bytes): not an image" in done.output
     assert (
-        "3 rows, 2 images, 2 documents checked (2 not fetched: 1 by URL, 1 in object storage; --fetch checks them),"
-        " 1 rows with problems" in done.output
+        "3 rows, 2 images, 2 documents checked (2 not fetched: 1 by URL, 1 in object storage;"
+        " --fetch checks them), 1 rows with problems" in done.output
     )
 
 

@@ -232,3 +232,18 @@ def test_fresh_keeps_the_old_results_beside_in_the_bucket(s3: Bucket, tmp_path: 
     assert fresh.exit_code == 0, fresh.output
     assert "3 rows sent: 3 ok" in fresh.output
     assert pl.read_parquet(io.BytesIO(s3.get("runs/job/results.previous.parquet"))).height == 3
+
+
+def test_batch_mode_keeps_its_submissions_in_the_bucket(s3: Bucket, tmp_path: Path) -> None:
+    """--mode batch on an s3:// output: the submission log and rows files live beside the results,
+    so `pipeline batch status` reads them from the bucket."""
+    job = _job(tmp_path, s3, rows=5)
+    done = invoke(["run", str(job), "--sandbox", "--mode", "batch"])
+    assert done.exit_code == 0, done.output
+    assert _remote_results(s3).height == 5
+    keys = s3.keys("runs/job/.batches/")
+    assert "runs/job/.batches/log.jsonl" in keys
+    assert any(key.endswith(".rows.arrow") for key in keys)
+    listed = invoke(["batch", "status", s3.url("runs/job"), "--offline", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [entry["state"] for entry in json.loads(listed.output)["batches"]] == ["collected"]
