@@ -16,6 +16,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "sandbox": ("aiohttp",),
     # the cluster engine (`--engine ray`) and `process_dataset`: Ray Core and Ray Data
     "ray": ("ray",),
+    # object storage (s3://, gs://, az://) for input, image cells and output
+    "storage": ("obstore",),
 }
 
 

@@ -24,6 +24,9 @@ USER_AGENT = "pipeline/0.1 (+httpx)"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_S = 10.0
 REDACTED = "[redacted]"
+# the Files API's beta (https://platform.claude.com/docs/en/build-with-claude/files): needed on its own
+# endpoints and on every Messages or batch request that references an uploaded file
+FILES_API_BETA = "files-api-2025-04-14"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class ClientConfig:
     output_tokens_per_minute: float | None = None
     max_retry_wait_s: float = 120.0
     slow_start: bool = True
+    # anthropic-beta values every request carries (the Files API's, when images travel by file id)
+    betas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -77,6 +82,7 @@ class ClientConfig:
             requests_per_minute=limits.requests_per_minute,
             input_tokens_per_minute=limits.input_tokens_per_minute,
             output_tokens_per_minute=limits.output_tokens_per_minute,
+            betas=job_betas(spec),
         )
 
     @property
@@ -95,6 +101,8 @@ class ClientConfig:
     def headers(self, *, accept: str = "application/json") -> dict[str, str]:
         """The headers of one API request: version, accept and the key (nowhere else does it go)."""
         headers = {"anthropic-version": self.anthropic_version, "accept": accept}
+        if self.betas:
+            headers["anthropic-beta"] = ",".join(self.betas)
         if self.auth == "bearer":
             headers["authorization"] = f"Bearer {self.api_key}"
         else:
@@ -138,3 +146,8 @@ def is_loopback(base_url: str) -> bool:
     """
     host = urlsplit(base_url).hostname or ""
     return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def job_betas(spec: JobSpec) -> tuple[str, ...]:
+    """The ``anthropic-beta`` values a job's requests need: the Files API's when images go by file id."""
+    return (FILES_API_BETA,) if spec.request.image_transport == "files" else ()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.api.config import is_loopback
+from pipeline.api.files import FilesApi
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -49,13 +50,16 @@ from pipeline.errors import (
 )
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
+from pipeline.payloads.transport import Transport, transport_for
 from pipeline.records import Result, Row, Summary
 from pipeline.results.journal import Journal
-from pipeline.results.lock import locked_output
+from pipeline.results.outputs import open_output
 from pipeline.results.schema import output_schema
-from pipeline.results.store import ResultStore, note_job
+from pipeline.results.store import ResultStore
+from pipeline.results.uploads import FileMap, FilesTransport
 from pipeline.rows.media import download_client, online_loader
 from pipeline.rows.reader import SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.shutdown import Shutdown
 
 if TYPE_CHECKING:
@@ -79,35 +83,53 @@ async def run_batch(
     :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
     """
     started = time.monotonic()
-    store = ResultStore(options.output)
-    store.prepare()
-    with locked_output(options.output):
-        batch_log = BatchLog(options.output)
-        batch_log.remove_spools()
-        if options.fresh:
-            still_open = [sub.label() for sub in batch_log.submissions() if sub.open]
-            if still_open:
-                raise ConfigError(
-                    f"--fresh: {len(still_open)} batches are still pending ({', '.join(still_open[:3])}); "
-                    f"cancel them (pipeline batch cancel {options.output}) and collect them first"
-                )
-            store.start_fresh()
-        else:
-            store.compact()
-        async with BatchesApi(options.client_config(), transport=transport) as api:
-            engine = _Engine(store, batch_log, api, spec, options)
-            return await engine.run(started, shutdown or Shutdown(options.grace_s))
+    settings = spec.storage if spec is not None else options.storage
+    storage = ObjectStorage(StorageSettings.from_spec(settings))
+    try:
+        store = open_output(options.output, storage, settings)
+        store.prepare()
+        with store.locked():
+            return await _run_held(spec, options, store, storage, transport, started, shutdown)
+    finally:
+        storage.close()
+
+
+async def _run_held(
+    spec: JobSpec | None,
+    options: BatchOptions,
+    store: ResultStore,
+    storage: ObjectStorage,
+    transport: httpx.AsyncBaseTransport | None,
+    started: float,
+    shutdown: Shutdown | None,
+) -> BatchOutcome:
+    batch_log = BatchLog(store.directory, on_write=store.sync)
+    batch_log.remove_spools()
+    if options.fresh:
+        still_open = [sub.label() for sub in batch_log.submissions() if sub.open]
+        if still_open:
+            raise ConfigError(
+                f"--fresh: {len(still_open)} batches are still pending ({', '.join(still_open[:3])}); "
+                f"cancel them (pipeline batch cancel {options.output}) and collect them first"
+            )
+        store.start_fresh()
+    else:
+        store.compact()
+    async with BatchesApi(options.client_config(), transport=transport) as api:
+        engine = _Engine(store, batch_log, api, spec, options, storage, transport)
+        return await engine.run(started, shutdown or Shutdown(options.grace_s))
 
 
 async def cancel_batches(
     options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> list[str]:
     """Cancel every pending batch of an output directory; one line per batch."""
-    store = ResultStore(options.output)
+    storage = ObjectStorage(StorageSettings.from_spec(options.storage))
+    store = open_output(options.output, storage, options.storage)
     store.prepare()
     lines: list[str] = []
-    with locked_output(options.output):
-        batch_log = BatchLog(options.output)
+    with store.locked():
+        batch_log = BatchLog(store.directory, on_write=store.sync)
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, None, options)
             await engine.reconcile()
@@ -143,8 +165,12 @@ class _Engine:
         api: BatchesApi,
         spec: JobSpec | None,
         options: BatchOptions,
+        storage: ObjectStorage | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store = store
+        self.storage = storage
+        self.transport = transport
         self.log = batch_log
         self.api = api
         self.spec = spec
@@ -165,6 +191,7 @@ class _Engine:
         self.rows_seen = 0  # input rows the first submission pass read
         self._unsendable: set[str] = set()  # rows that became errors without a request, this invocation
         self._progress: dict[str, BatchInfo] = {}
+        self._files: FileMap | None = None
 
     async def run(self, started: float, shutdown: Shutdown) -> BatchOutcome:
         fatal: FatalApiError | None = None
@@ -329,7 +356,7 @@ class _Engine:
         """Submit every row that is neither settled nor pending, in as many batches as the limits need."""
         options = self.options
         self.exhausted = 0  # counted afresh by each pass
-        table = open_job_input(spec, options.input)
+        table = open_job_input(spec, options.input, self.storage)
         fingerprint = spec.request.fingerprint()
         settled = self.store.settled(
             fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
@@ -346,7 +373,7 @@ class _Engine:
             max_bytes=self.settings.max_bytes,
         )
         schema = output_schema(table.arrow_schema, spec.request)
-        note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
+        self.store.note_job(spec, options.input)  # lets `pipeline report` find the images
         adding = asyncio.Lock()  # one batch body is filled at a time, in the order rows come ready
 
         def wanted(sourced: SourcedRow) -> bool:
@@ -377,8 +404,13 @@ class _Engine:
                 self._record_error(schema, prepared.row, fingerprint, failure)
 
         try:
-            async with download_client() as http:
-                load = online_loader(http, root=spec.request.image_root, timeout_s=spec.limits.timeout_s)
+            async with (
+                download_client() as http,
+                FilesApi(options.client_config(), transport=self.transport) as files,
+            ):
+                load = online_loader(
+                    http, root=spec.request.image_root, timeout_s=spec.limits.timeout_s, storage=self.storage
+                )
                 await prepare_rows(
                     spec.request,
                     iter_rows(table, limit=options.limit),
@@ -387,6 +419,7 @@ class _Engine:
                     wanted=wanted,
                     keys=spec.request.dedupes,
                     stopping=self.stop.is_set,
+                    transport=self._media(spec, files),
                 )
                 if self.stop.is_set():
                     submitter.discard()  # never sent, so never paid: the next invocation submits these rows
@@ -403,6 +436,20 @@ class _Engine:
                 # closed before the next compaction, which folds (and deletes) every journal
                 self._journal.close()
                 self._journal = None
+
+    def _media(self, spec: JobSpec, files: FilesApi) -> Transport:
+        """How images travel into the batch bodies: inline, by (presigned) URL, or by Files API id."""
+        request = spec.request
+        if request.image_transport != "files":
+            return transport_for(request.image_transport, self.storage, presign=request.presign, batch=True)
+        if self._files is None:  # one map for every submission pass: each distinct image uploaded once
+            self._files = FileMap(
+                self.store.directory,
+                base_url=self.options.base_url,
+                sandbox=self.options.sandbox,
+                on_change=self.store.changed,
+            )
+        return FilesTransport(files, self._files, api_key_env=spec.api.api_key_env)
 
     def _record_error(self, schema: Any, row: Row, fingerprint: str, failure: RowError) -> None:
         """A row that cannot be sent is an error row now, with no request made (as in realtime mode)."""

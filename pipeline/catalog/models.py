@@ -36,6 +36,7 @@ class ModelFacts:
     price_output: float | None = None
     cache_read_price: float | None = None  # dollars per MTok when not the usual multiplier of input
     sources: tuple[str, ...] = ()
+    pdf_input: bool = True
 
     @property
     def name(self) -> str:
@@ -111,4 +112,5 @@ def _facts(entry: dict[str, Any], base: dict[str, Any], *, known: bool) -> Model
         price_output=price.get("output"),
         cache_read_price=price.get("cache_read"),
         sources=tuple(entry.get("sources", ())),
+        pdf_input=bool(entry.get("pdf_input", base.get("pdf_input", True))),
     )

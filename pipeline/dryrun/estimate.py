@@ -6,7 +6,8 @@ left out), images as they will be sent after resizing, the likely input tokens o
 length, and the dollars for realtime and batch mode with and without prompt caching. With
 ``exact``, a sample of the requests is counted by the free ``/v1/messages/count_tokens`` endpoint
 and the costs use the local estimate corrected by what the sample showed. Never calls
-``/v1/messages``; image URLs are not fetched.
+``/v1/messages``; images behind URLs or in object storage are counted, not fetched, unless
+``fetch``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import system_text
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
-from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
-from pipeline.rows.media import offline_loader
+from pipeline.results.outputs import is_remote_output, reading
+from pipeline.results.store import RerunPolicy, settled_rows
+from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.wire import MessagePayload
 
 DEFAULT_SAMPLE = 20
@@ -70,25 +73,34 @@ class _Walk:
 def estimate_job(
     spec: JobSpec,
     source: InputSource,
-    output: Path,
+    output: Path | str,
     *,
     limit: int | None = None,
     exact_base_url: str | None = None,
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
     sandbox_answers: bool = False,
+    fetch: bool = False,
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
 
     :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
         being estimated goes to a server on this machine; see ``results.store.settled_rows``).
+    :param fetch: download images behind URLs and in object storage too (else they are counted).
     """
     request = spec.request
-    table = open_job_input(spec, source)
-    settled, typical = _earlier_results(output, request.fingerprint(), sandbox_answers)
-    walk = _Walk()
-    rng = random.Random(0)  # the same sample every time for the same input
-    asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
+    storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
+    try:
+        table = open_job_input(spec, source, storage)
+        settled, typical = _earlier_results(
+            output, request.fingerprint(), storage, spec, sandbox_answers=sandbox_answers
+        )
+        walk = _Walk()
+        rng = random.Random(0)  # the same sample every time for the same input
+        rows = iter_rows(table, limit=limit)
+        asyncio.run(_walk_rows(spec, rows, settled, walk, rng, sample, storage if fetch else None))
+    finally:
+        storage.close()
     exact = None
     if exact_base_url is not None and walk.sample:
         exact = asyncio.run(_count_sample(spec, exact_base_url, api_key, walk.sample))
@@ -150,16 +162,17 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
 
 
 def _earlier_results(
-    output: Path, fingerprint: str, sandbox_answers: bool
+    output: Path | str, fingerprint: str, storage: ObjectStorage, spec: JobSpec, *, sandbox_answers: bool
 ) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
     Read without writing anything: journals of an interrupted run count too. Uses the default retry
     rule (``run`` without ``--retry-errors``).
     """
-    if not output.is_dir():
+    if not is_remote_output(output) and not Path(output).is_dir():
         return {}, None
-    frame = ResultStore(output).snapshot()
+    with reading(output, storage, spec.storage) as (store, _):
+        frame = store.snapshot()
     if frame is None or frame.is_empty():
         return {}, None
     try:
@@ -185,6 +198,7 @@ async def _walk_rows(
     walk: _Walk,
     rng: random.Random,
     sample: int,
+    fetching: ObjectStorage | None = None,
 ) -> None:
     request = spec.request
 
@@ -202,8 +216,13 @@ async def _walk_rows(
     async def count(prepared: Prepared) -> None:
         _count_request(walk, prepared, rng, sample)
 
-    load = offline_loader(request.image_root, remote)
-    await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
+    if fetching is None:
+        load: Loader = offline_loader(request.image_root, remote)
+        await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
+        return
+    async with download_client() as http:
+        load = online_loader(http, root=request.image_root, timeout_s=spec.limits.timeout_s, storage=fetching)
+        await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
 
 
 def _count_request(walk: _Walk, prepared: Prepared, rng: random.Random, sample: int) -> None:

@@ -107,7 +107,7 @@ async def run_realtime(spec: JobSpec, run: Request) -> RunOutcome:
         view=NotebookView() if notebook else None,
     )
     outcome = await run_job(spec, options, shutdown=run.shutdown)
-    results = outcome.output / "results.parquet"
+    results = f"{str(outcome.output).rstrip('/')}/results.parquet"
     say(summary_text(outcome.summary, output=str(results)))
     answered = outcome.summary.rows_ok + outcome.summary.rows_error
     raise_for(outcome.fatal, outcome.interrupted, f"{answered} rows answered this run are saved in {results}")

@@ -20,15 +20,30 @@ from pipeline.job.toolschema import check_tool_schema
 TOOL_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 
 
-# Settings added after outputs existed: hashed only when set, so their arrival invalidates nothing.
-FINGERPRINTED_WHEN_SET = ("image_max_pixels",)
+# Settings added after outputs existed: hashed only when set (not None, empty or false), so their
+# arrival invalidates nothing.
+FINGERPRINTED_WHEN_SET = ("image_max_pixels", "documents", "citations")
 
 
 # Settings that decide whether a row is sent, not what the answer is: kept out of the fingerprint so
 # that changing them does not re-send (and re-pay for) every finished row.
 NOT_FINGERPRINTED = frozenset(
-    {"stream", "max_input_tokens", "image_root", "schema_attempts", "cache", "cache_ttl", "dedupe"}
+    {
+        "stream",
+        "max_input_tokens",
+        "image_root",
+        "schema_attempts",
+        "cache",
+        "cache_ttl",
+        "dedupe",
+        # how an image travels (inline, by URL, by Files API id) is not what it shows
+        "image_transport",
+        "presign",
+    }
 )
+
+# How image (and document) bytes reach the API: inline base64, a URL the API fetches, or a Files API id.
+ImageTransport = Literal["base64", "url", "files"]
 
 
 class StrictModel(BaseModel):
@@ -87,6 +102,14 @@ class RequestSpec(StrictModel):
     cache_ttl: Literal["5m", "1h"] = "5m"
     # send identical requests once; None: on when temperature is 0 (the answer is meant to repeat)
     dedupe: bool | None = None
+    # columns holding documents (PDF or plain text), each non-empty cell a document block
+    documents: list[str] = Field(default_factory=list)
+    # ask for citations on every document block
+    citations: bool = False
+    # "url": http(s) cells go as URL sources (not downloaded); "files": each distinct image uploaded once
+    image_transport: ImageTransport = "base64"
+    # with "url": object-storage cells (s3://, gs://, az://) go as presigned https URLs
+    presign: bool = False
 
     @field_validator("prompt", "system")
     @classmethod
@@ -102,6 +125,17 @@ class RequestSpec(StrictModel):
         if value is not None and any(not stop.strip() for stop in value):
             raise ValueError("each stop sequence must contain non-whitespace (the API rejects it)")
         return value
+
+    @model_validator(mode="after")
+    def _media_columns(self) -> RequestSpec:
+        both = sorted(set(self.images) & set(self.documents))
+        if both:
+            raise ValueError(f"columns {both} are in both images and documents; a column holds one kind")
+        if self.citations and not self.documents:
+            raise ValueError("citations applies to document blocks: set documents = [...] too")
+        if self.presign and self.image_transport != "url":
+            raise ValueError('presign applies to image_transport = "url"')
+        return self
 
     @model_validator(mode="after")
     def _tool_choice_matches(self) -> RequestSpec:
@@ -144,7 +178,7 @@ class RequestSpec(StrictModel):
         """A hash of everything that shapes the answer; a change means old answers are stale."""
         settings = self.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED))
         for name in FINGERPRINTED_WHEN_SET:
-            if settings.get(name) is None:
+            if settings.get(name) in (None, [], False):
                 del settings[name]  # a setting added later must not make every earlier answer stale
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 Owns: turning each kind of table into a polars LazyFrame without reading more than it must (a
 LazyFrame stays lazy and is streamed; a Hugging Face ``Dataset`` is read a batch at a time through a
 polars IO source; a pyarrow Table is wrapped, not copied), the same checks a file input gets
-(``reader.check_columns``, ``reader.check_ids``), where relative image paths resolve (``base_dir``),
+(``reader.open_frame``), where relative image paths resolve (``base_dir``),
 and reading an input's row ids back in order (to match results to rows). From there on the rows are
 a file's rows: ``reader.iter_rows`` gives them the same ids, content hashes and ``row_index``.
 
@@ -22,7 +22,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.rows.reader import SOURCE_COLUMN, InputTable, check_columns, check_ids, iter_rows
+from pipeline.rows.reader import SOURCE_COLUMN, InputTable, iter_rows
+from pipeline.rows.reader import open_frame as reader_open_frame
 
 # rows per batch read from a Hugging Face Dataset: image rows can be large, keep a batch small
 DATASET_BATCH_ROWS = 256
@@ -161,24 +162,27 @@ def _dataset_source(data: Any, schema: pl.Schema) -> pl.LazyFrame:
     return register_io_source(batches, schema=schema)
 
 
-def open_frame(source: FrameInput, *, id_column: str | None, needed: dict[str, str]) -> InputTable:
-    """Open a table held in Python as a file input is opened: the same column, type and id checks.
+def open_frame(
+    source: FrameInput, *, id_column: str | None, needed: dict[str, str], media: Sequence[str] = ()
+) -> InputTable:
+    """Open a table held in Python as a file input is opened: the same column, type and id checks
+    (``reader.open_frame``), its relative paths resolving against ``base_dir``.
 
     :raises InputError: one line naming the table for a missing column (suggesting a near name), a
         column of an unusable type, or an id column with empty or duplicate values.
     """
     try:
-        schema = source.frame.collect_schema()
+        source.frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(f"cannot read {source.label}: {_first_line(exc)}") from None
-    columns = check_columns(source.label, schema, id_column=id_column, needed=needed)
-    arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
-    # iter_rows takes each row's folder from this column, as it does a file's; here: base_dir
-    frame = source.frame.with_columns(pl.lit(source.note_path()).alias(SOURCE_COLUMN))
-    table = InputTable((), frame, columns, arrow_schema, id_column, tuple(needed), label=source.label)
-    if id_column is not None:
-        check_ids(table)
-    return table
+    return reader_open_frame(
+        source.frame,
+        label=source.label,
+        base_dir=source.base_dir,
+        id_column=id_column,
+        needed=needed,
+        media=media,
+    )
 
 
 def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
@@ -187,7 +191,9 @@ def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
     With an id column only that column is read; without one every cell is (the id hashes them all).
     """
     if table.id_column is not None:
-        only = table.frame.select(table.id_column, SOURCE_COLUMN)  # projected into the source's scan
+        assert table.frame is not None
+        keep = [table.id_column, *([SOURCE_COLUMN] if SOURCE_COLUMN in table.frame.collect_schema() else [])]
+        only = table.frame.select(keep)  # projected into the source's scan
         table = replace(table, frame=only, columns=(table.id_column,), hash_columns=())
     return [sourced.row.row_id for sourced in iter_rows(table, limit=limit)]
 

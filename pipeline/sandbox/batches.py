@@ -38,6 +38,8 @@ CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 CANCEL_S = 0.2  # from canceling to ended
 RESULTS_CHUNK = 500  # lines written per write() of the results stream
 Authenticate = Callable[[web.Request, SandboxConfig], None]
+# what resolves an item's URL and file sources (the server's, sandbox/sources.py); identity by default
+Resolve = Callable[[web.Request, Any], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -156,8 +158,14 @@ class BatchStore:
             }
 
 
-def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Authenticate) -> None:
-    """Register the batch endpoints on ``app`` (before any catch-all route)."""
+def add_batch_routes(
+    app: web.Application, store: BatchStore, authenticate: Authenticate, resolve: Resolve | None = None
+) -> None:
+    """Register the batch endpoints on ``app`` (before any catch-all route).
+
+    :param resolve: turns an item's URL and file sources into inline ones before it is validated;
+        a source that cannot be used makes that item ``errored``, as the API validates asynchronously.
+    """
 
     def guarded(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -180,7 +188,16 @@ def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Auth
 
     async def create(request: web.Request) -> web.StreamResponse:
         raw = await read_body(request, store.config.batch_max_bytes)
-        batch = _new_batch(store, decode_json(raw))
+        body = decode_json(raw)
+        refused: dict[int, RequestError] = {}
+        if resolve is not None and isinstance(body, dict) and isinstance(body.get("requests"), list):
+            for i, entry in enumerate(body["requests"]):
+                if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+                    try:
+                        entry["params"] = await resolve(request, entry["params"])
+                    except RequestError as err:
+                        refused[i] = err
+        batch = _new_batch(store, body, refused)
         with store._lock:
             store.body_sizes.append(len(raw))
         return _reply(batch.to_json(_now(), _origin(request)))
@@ -290,7 +307,7 @@ def _find(store: BatchStore, batch_id: str) -> _Batch:
     return batch
 
 
-def _new_batch(store: BatchStore, body: Any) -> _Batch:
+def _new_batch(store: BatchStore, body: Any, refused: dict[int, RequestError] | None = None) -> _Batch:
     config = store.config
     if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
         raise RequestError("requests: Field required (a list of {custom_id, params})")
@@ -320,7 +337,10 @@ def _new_batch(store: BatchStore, body: Any) -> _Batch:
         checked.append((custom_id, entry["params"]))
     now = _now()
     with store._lock:
-        items = [_item(store, custom_id, params) for custom_id, params in checked]
+        items = [
+            _item(store, custom_id, params, (refused or {}).get(i))
+            for i, (custom_id, params) in enumerate(checked)
+        ]
         order = list(range(len(items)))
         store._dice.shuffle(order)
         batch = _Batch(
@@ -337,11 +357,13 @@ def _new_batch(store: BatchStore, body: Any) -> _Batch:
     return batch
 
 
-def _item(store: BatchStore, custom_id: str, params: Any) -> _Item:
+def _item(store: BatchStore, custom_id: str, params: Any, refused: RequestError | None = None) -> _Item:
     """Validate one item's params and draw its fate (under the store's lock: draws follow creation order)."""
     config = store.config
     roll = store._dice.random()
     try:
+        if refused is not None:
+            raise refused
         if isinstance(params, dict) and params.get("stream"):
             raise RequestError("stream: streaming is not supported in the Message Batches API")
         parsed = parse_request(params)

@@ -15,7 +15,7 @@ import pytest
 from jobkit import invoke, text_job, write_job
 from pipeline.catalog.prices import price_for
 from pipeline.catalog.providers import PRESETS
-from pipeline.job.request import NOT_FINGERPRINTED, RequestSpec
+from pipeline.job.request import FINGERPRINTED_WHEN_SET, NOT_FINGERPRINTED, RequestSpec
 from pipeline.job.spec import load_job
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.records import Reply, Result, Row, Usage
@@ -215,8 +215,8 @@ def test_fingerprint_ignores_cache_and_dedupe_but_not_image_max_pixels() -> None
     toggled = base.model_copy(update={"cache": True, "cache_ttl": "1h", "dedupe": False})
     assert toggled.fingerprint() == base.fingerprint()
     assert base.model_copy(update={"image_max_pixels": 100_000}).fingerprint() != base.fingerprint()
-    # unset, the new setting is not hashed at all: outputs from before it existed stay valid
-    settings = base.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED) | {"image_max_pixels"})
+    # unset, the new settings are not hashed at all: outputs from before they existed stay valid
+    settings = base.model_dump(mode="json", exclude=set(NOT_FINGERPRINTED) | set(FINGERPRINTED_WHEN_SET))
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     assert base.fingerprint() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
