@@ -11,7 +11,8 @@ Module map:
 - ``limiter``: the one limiter actor, and the stand-ins through which every worker's client is admitted.
 - ``registry``: the run's memory across workers: rows answered (a retried batch resends nothing) and
   identical requests in flight (sent once).
-- ``output``: where a sender journals (the output directory now; the interface an object store fills).
+- ``output``: where a sender journals: a directory every node reaches, or object storage (segments
+  each sender uploads, folded by the driver).
 - ``sender``: the senders (an async actor pool): prepare each row where it is read, send, journal;
   where a worker finds the API key (its own environment).
 - ``sizing``: how many senders, and each one's CPUs, threads and share of the job's concurrency.

@@ -8,10 +8,18 @@ SIGINT/SIGTERM and fatal API errors as a local run does, and at the end stop eve
 their journals into ``results.parquet`` and summarise the run from the journals. Builds, parses and
 formats nothing.
 
+The output is a directory every node reaches, or a prefix in object storage
+(``results.outputs.open_output``: the driver holds its lease, the senders' journals go up in
+segments, and the driver folds them in from the bucket; see :mod:`~pipeline.cluster.output`).
+
 What a crash costs: ``kill -9`` of a worker (or the loss of a node) loses the requests it had in
 flight; Ray Data restarts the worker and runs its batch again, which sends only the rows no one has
 journalled (:mod:`~pipeline.cluster.registry`). ``kill -9`` of the driver stops the run; the
 journals keep every answer, and a rerun (with either engine) folds them in and sends the rest.
+With an object-storage output, a killed worker's last segment stays in its node's staging folder:
+the driver uploads it at the end when the node is its own machine, and a later run on that node
+otherwise; a node lost with its disk loses the results of its last segment (at most ``[storage]
+segment_rows`` results or ``segment_s`` seconds), which a rerun sends again.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import pyarrow as pa
 from pipeline.api.config import is_loopback
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.cluster.limiter import LimiterSettings, LimiterStats, create_limiter
-from pipeline.cluster.output import OutputTarget
+from pipeline.cluster.output import output_target
 from pipeline.cluster.registry import create_registry
 from pipeline.cluster.sender import OUTCOME_SCHEMA, JobSender, KeySource, SendPlan, key_source
 from pipeline.cluster.session import RaySession, open_session, starts_local
@@ -48,13 +56,14 @@ from pipeline.payloads.tokens import cache_shortfall
 from pipeline.realtime.run import RunOptions, RunOutcome
 from pipeline.records import Summary, Usage
 from pipeline.results.journal import iter_journal
-from pipeline.results.lock import locked_output
+from pipeline.results.outputs import is_remote_output, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress
 from pipeline.results.recorder import RunTally
 from pipeline.results.schema import output_schema
-from pipeline.results.store import ResultStore, note_job
+from pipeline.results.store import ResultStore
 from pipeline.results.summary import ResultTally
+from pipeline.rows.storage import ObjectStorage, StorageSettings, is_object_url
 from pipeline.shutdown import Shutdown
 
 log = logging.getLogger("pipeline.run")
@@ -63,6 +72,7 @@ STATS_EVERY_S = 0.5
 CALLS_PER_SENDER = 2  # tasks (blocks) a sender holds at once: one sending while the next is prepared
 BATCHES_PER_BLOCK = 4  # Ray Data runs up to 4 batches of one task at once in an async sender
 STOP_WAIT_S = 30.0  # how long the driver waits for an answer of Ray's at the end
+UPLOAD_WAIT_S = 120.0  # how long the driver waits for the senders' last segments at the end
 ABORT_WAIT_S = 5.0  # after an abort, how long the driver waits for the dataset to notice
 SUMMARY_COLUMNS = (
     "row_id",
@@ -97,10 +107,20 @@ async def run_on_ray(spec: JobSpec, options: RunOptions, cluster: ClusterOptions
     require("ray", "--engine ray")
     started = time.monotonic()
     spec, options = _absolute(spec, options)
-    store = ResultStore(options.output)
-    store.prepare()
-    with locked_output(options.output):
-        return await _ClusterRun(spec, options, cluster or ClusterOptions(), store, started).run()
+    if spec.request.image_transport == "files":
+        raise ConfigError(
+            'image_transport = "files" is not supported with --engine ray (the uploads are one run\'s'
+            ' record); use "base64" or "url", or the local engine'
+        )
+    storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
+    try:
+        store = open_output(options.output, storage, spec.storage)
+        store.prepare()
+        with store.locked():
+            run = _ClusterRun(spec, options, cluster or ClusterOptions(), store, storage, started)
+            return await run.run()
+    finally:
+        storage.close()
 
 
 def _absolute(spec: JobSpec, options: RunOptions) -> tuple[JobSpec, RunOptions]:
@@ -110,9 +130,9 @@ def _absolute(spec: JobSpec, options: RunOptions) -> tuple[JobSpec, RunOptions]:
             "the Ray engine reads its input from files (a path or a glob), on the cluster; "
             "for a table held in Python, use pipeline.process_dataset with a ray.data.Dataset"
         )
-    options = replace(
-        options, output=Path(os.path.abspath(options.output)), input=os.path.abspath(options.input)
-    )
+    output = options.output if is_remote_output(options.output) else Path(os.path.abspath(options.output))
+    where = options.input if is_object_url(options.input) else os.path.abspath(options.input)
+    options = replace(options, output=output, input=where)
     root = spec.request.image_root
     if root is not None:
         request = spec.request.model_copy(update={"image_root": os.path.abspath(root)})
@@ -124,12 +144,19 @@ class _ClusterRun:
     """One run's driver state: the plan, the Ray actors, the tally and how the run is ending."""
 
     def __init__(
-        self, spec: JobSpec, options: RunOptions, cluster: ClusterOptions, store: ResultStore, started: float
+        self,
+        spec: JobSpec,
+        options: RunOptions,
+        cluster: ClusterOptions,
+        store: ResultStore,
+        storage: ObjectStorage,
+        started: float,
     ) -> None:
         self.spec = spec
         self.options = options
         self.cluster = cluster
         self.store = store
+        self.storage = storage
         self.started = started
         self.tally = RunTally()
         self.stats: LimiterStats | None = None
@@ -151,12 +178,12 @@ class _ClusterRun:
             store.start_fresh()
         else:
             store.compact()  # folds in what an earlier, interrupted run journalled (either engine's)
-        table = open_job_input(spec, options.input)
-        note_job(options.output, spec, options.input)
+        table = open_job_input(spec, options.input, self.storage)
+        store.note_job(spec, options.input)
         schema = output_schema(table.arrow_schema, request)
         if request.cache and (note := cache_shortfall(request)):
             log.warning("%s", note)
-        pieces, total = plan_reads(table, options.limit)
+        pieces, total = plan_reads(table, options.limit, self.storage)
         settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
         self.tally.to_do = max(0, total - len(settled))  # the progress's total; exact as rows come back
         key, key_env = key_source(
@@ -169,6 +196,11 @@ class _ClusterRun:
             finally:
                 self._teardown(session)
         finally:
+            if is_remote_output(options.output):
+                from pipeline.results.remote import ObjectResultStore
+
+                assert isinstance(store, ObjectResultStore)
+                store.refresh()  # the senders' segments, from the bucket (and any a killed sender left here)
             journals = store.journals()
             tally = _journal_tally(journals)
             results_rows = store.compact()
@@ -188,7 +220,7 @@ class _ClusterRun:
             cluster_nodes(), workers=self.cluster.workers, concurrency=spec.limits.concurrency
         )
         concurrency = sizing.concurrency
-        output = OutputTarget(options.output)
+        output = output_target(options.output, spec.storage)
         self._limiter = create_limiter(LimiterSettings.for_job(spec))
         reads = ReadRule(
             output,
@@ -340,6 +372,7 @@ class _ClusterRun:
                     logging.CRITICAL
                 )  # it reports the senders killed below
             if self._registry is not None:
+                _await_uploads(self._registry, ABORT_WAIT_S if self.aborted else UPLOAD_WAIT_S)
                 _stop_senders(self._registry)
             self._consumed.wait(ABORT_WAIT_S if self.aborted else STOP_WAIT_S)
             if self._limiter is not None:
@@ -385,6 +418,46 @@ def _block_rows(to_do: int, workers: int, concurrency: int) -> int:
     """Rows to send per block: a block is one sender's task, so a small input still reaches every sender."""
     rows = min(MAX_BLOCK_ROWS, concurrency * BATCHES_PER_BLOCK)
     return max(1, min(rows, math.ceil(to_do / workers))) if to_do else rows
+
+
+def _await_uploads(registry: Any, wait_s: float) -> None:
+    """End the run for the senders, and wait until those journalling to object storage uploaded it all."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    with contextlib.suppress(Exception):
+        ray.get(registry.end.remote(), timeout=STOP_WAIT_S)
+        checked = 0.0
+        while time.monotonic() < deadline:
+            waiting = ray.get(registry.not_uploaded.remote(), timeout=STOP_WAIT_S)
+            if not waiting:
+                return
+            if time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                for name, actor in waiting:
+                    if not _alive(name, actor):
+                        registry.gone.remote(name)
+            time.sleep(0.1)
+        log.warning(
+            "%d senders did not upload their last journal segments in time; a later run folds in"
+            " what they left",
+            len(waiting),
+        )
+
+
+def _alive(name: str, actor: Any) -> bool:
+    """Whether the sender named ``name`` (``<node>-<pid>``) still runs: its actor answers, from that pid."""
+    import ray
+
+    try:
+        pid = ray.get(actor.__ray_call__.remote(_pid), timeout=5.0)
+    except Exception:  # noqa: BLE001  (dead, or not answering: either way it uploads nothing more)
+        return False
+    return name.endswith(f"-{pid}")
+
+
+def _pid(_: object) -> int:
+    return os.getpid()
 
 
 def _stop_senders(registry: Any) -> None:

@@ -14,7 +14,10 @@ One async actor per run, beside the driver:
   local run's :class:`~pipeline.payloads.dedupe.Dedupe` does within one process; the same window of
   finished requests is remembered. A leader whose batch is run again leads again.
 - **Senders.** Each sender enlists its actor, so that the driver can stop every one before it folds
-  the journals.
+  the journals. A sender whose journal is uploaded in segments (an object-storage output) enlists as
+  one to wait for: when the driver ends the run (:meth:`Registry.end`), each uploads what it still
+  stages and says so (:meth:`Registry.uploaded`), and the driver waits for that
+  (:meth:`Registry.not_uploaded`) before it stops them.
 """
 
 from __future__ import annotations
@@ -68,10 +71,37 @@ class Registry:
         self._waiting: dict[str, asyncio.Future[Result | None]] = {}
         self._finished: OrderedDict[str, Result] = OrderedDict()
         self._senders: list[Any] = []
+        self._uploaded: dict[str, bool] = {}  # uploading sender -> nothing staged since the end began
+        self._handles: dict[str, Any] = {}  # uploading sender -> its actor
+        self._end = asyncio.Event()
 
-    async def enlist(self, sender: Any) -> None:
-        """Remember a sender's actor handle."""
+    async def enlist(self, sender: Any, uploads: str | None = None) -> None:
+        """Remember a sender's actor handle; ``uploads`` names a sender the driver waits for at the end."""
         self._senders.append(sender)
+        if uploads is not None:
+            self._uploaded.setdefault(uploads, False)
+            self._handles[uploads] = sender
+
+    async def end(self) -> None:
+        """The run is over: the uploading senders upload what they stage."""
+        self._end.set()
+
+    async def ending(self) -> None:
+        """Return once the run is over (a sender waits on this)."""
+        await self._end.wait()
+
+    async def uploaded(self, sender: str, done: bool) -> None:
+        """A sender uploaded everything it journalled (``done``), or journalled more since."""
+        self._uploaded[sender] = done
+
+    async def not_uploaded(self) -> list[tuple[str, Any]]:
+        """The uploading senders with results not yet in the bucket, with their actors."""
+        return [(name, self._handles[name]) for name, done in self._uploaded.items() if not done]
+
+    async def gone(self, sender: str) -> None:
+        """A sender's process is gone (killed, or its actor restarted as another): wait for it no more."""
+        self._uploaded.pop(sender, None)
+        self._handles.pop(sender, None)
 
     async def senders(self) -> list[Any]:
         """Every sender that enlisted."""

@@ -6,7 +6,12 @@ inside the actor's event loop on its first batch, and admitted by the cluster's 
 shrunk on this worker, on as many threads as the worker has CPUs), sent, sent again while a tool
 input breaks its schema (:func:`~pipeline.api.conforming.send_conforming`), and each result is
 journalled the moment it exists (:class:`~pipeline.results.recorder.Recorder`), exactly as a local
-run records it. A result is reported to the run's registry only once it is in the journal.
+run records it. A result is reported to the run's registry only once it is in the journal. Images and
+documents in object storage are fetched by the worker, with the credentials of its own environment.
+
+With an object-storage output the journal goes up in segments as the run goes; when the driver ends
+the run (``Registry.end``), each sender waits until no batch of its own is running, uploads what it
+still stages, and tells the registry, so that the driver folds every result in.
 
 The API key is read from the worker's own environment (``[api] api_key_env``): it is never an
 argument of a task or an actor, nor part of a runtime environment, which Ray logs.
@@ -29,16 +34,18 @@ from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.conforming import send_conforming
 from pipeline.catalog.providers import PUBLIC_KEYS
 from pipeline.cluster.limiter import FatalReport, SendingStopped, SharedBudgets, SharedGate
-from pipeline.cluster.output import JournalWriter, OutputTarget, writer_name
+from pipeline.cluster.output import JournalWriter, OutputTarget, SegmentJournalWriter, writer_name
 from pipeline.cluster.registry import LEAD, Outcome
 from pipeline.cluster.source import block_rows
-from pipeline.errors import ApiError, ConfigError, FatalApiError
+from pipeline.errors import ApiError, ConfigError, FatalApiError, OutputError
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, prepare_rows
+from pipeline.payloads.transport import transport_for
 from pipeline.records import Result
 from pipeline.results.recorder import Recorder, answered_result, error_result
 from pipeline.rows.media import online_loader
 from pipeline.rows.reader import SourcedRow
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 
 log = logging.getLogger("pipeline.run")
 
@@ -135,8 +142,17 @@ class Sending:
         self.client: MessagesClient | None = None
         self.journal: JournalWriter | None = None
         self.fatal: FatalReport | None = None
+        self.storage: ObjectStorage | None = None
+        self.transport = transport_for(self.request.image_transport, None, presign=self.request.presign)
+        self.name = ""
         self._answered: list[Outcome] = []
         self._report: asyncio.Handle | None = None
+        # an object-storage journal: batches running, results not yet uploaded, the end has come
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._staged = False
+        self._ending = False
+        self._uploader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Inside the actor's loop: the executor that prepares images, the client, the journal."""
@@ -150,14 +166,57 @@ class Sending:
         await client.__aenter__()
         self.budgets.watch(client)
         self.client = client
+        self.storage = ObjectStorage(StorageSettings.from_spec(plan.spec.storage))
+        request = self.request
+        self.transport = transport_for(request.image_transport, self.storage, presign=request.presign)
+        self.name = writer_name()
+        self._idle.set()
         if plan.output is not None and plan.schema is not None:
-            self.journal = plan.output.open_journal(plan.schema, writer=writer_name())
+            self.journal = plan.output.open_journal(plan.schema, writer=self.name)
+            if isinstance(self.journal, SegmentJournalWriter):
+                self._uploader = asyncio.create_task(self._upload_at_end())
+
+    @property
+    def uploads(self) -> str | None:
+        """This sender's name when the driver must wait for its uploads at the end, else None."""
+        return self.name if self._uploader is not None else None
+
+    async def _upload_at_end(self) -> None:
+        """Once the run is over, upload what is staged as soon as no batch runs (and again after any
+        batch that journals more)."""
+        await self.plan.registry.ending.remote()
+        self._ending = True
+        await self._idle.wait()
+        await self._upload()
+
+    async def _upload(self) -> None:
+        journal = self.journal
+        assert isinstance(journal, SegmentJournalWriter)
+        self._staged = False
+        journal.rotate()
+        try:
+            await asyncio.to_thread(journal.upload)
+        except OutputError as exc:
+            log.error("%s", exc)  # the staging folder keeps them; the driver's fold reports what is missing
+            return
+        self.plan.registry.uploaded.remote(self.name, not self._staged)
+
+    def staged(self) -> None:
+        """Results went into the journal: after the end, the driver must wait for them again."""
+        if self._uploader is None:
+            return
+        if self._ending and not self._staged:
+            self.plan.registry.uploaded.remote(self.name, False)
+        self._staged = True
 
     def close(self) -> None:
         """Finish the journal (when the actor is let go; a killed one leaves it readable anyway)."""
         if self.journal is not None:
             self.journal.close()
             self.journal = None
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
 
     @property
     def stopped(self) -> bool:
@@ -174,24 +233,37 @@ class Sending:
         results: list[Result] = []
         recorder = Recorder(_BatchSink(self, results), self.fingerprint)
         loader = online_loader(
-            self.client.http, root=self.request.image_root, timeout_s=self.client.config.timeout_s
+            self.client.http,
+            root=self.request.image_root,
+            timeout_s=self.client.config.timeout_s,
+            storage=self.storage,
         )
 
         async def take(prepared: Prepared) -> None:
             await self._take(prepared, recorder)
 
-        if todo:
-            await prepare_rows(
-                self.request,
-                iter(todo),
-                loader,
-                take,
-                slots=len(todo),
-                keys=self.request.dedupes,
-                stopping=lambda: self.stopped,
-            )
+        self._running += 1
+        self._idle.clear()
+        try:
+            if todo:
+                await prepare_rows(
+                    self.request,
+                    iter(todo),
+                    loader,
+                    take,
+                    slots=len(todo),
+                    keys=self.request.dedupes,
+                    stopping=lambda: self.stopped,
+                    transport=self.transport,
+                )
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
         self.budgets.flush()
         self._send_answered()
+        if self._ending and self._staged and not self._running:
+            await self._upload()
         return results, list(earlier.values())
 
     async def _take(self, prepared: Prepared, recorder: Recorder) -> None:
@@ -278,6 +350,7 @@ class _BatchSink:
             journal.append(results)
             journal.flush()  # in the output before anyone is told it is
         self.results.extend(results)
+        self.sending.staged()
         self.sending.journalled(results)
 
 
@@ -301,7 +374,7 @@ class SenderBase:
                 self._sending = sending
                 import ray
 
-                self.plan.registry.enlist.remote(ray.get_runtime_context().current_actor)
+                self.plan.registry.enlist.remote(ray.get_runtime_context().current_actor, sending.uploads)
         return self._sending
 
     def __del__(self) -> None:

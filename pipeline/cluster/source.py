@@ -6,10 +6,12 @@ row hashes and row indexes are the local run's, and drops the rows the rerun rul
 per pickled :class:`~pipeline.rows.reader.SourcedRow` still to send, and, when some of its rows were
 skipped, one more row that only counts them.
 
-How the input is split: with an ``id_column`` every file is a read task of its own (its first row
-index is the number of rows in the files before it); without one, a row's id is a hash of its cells
-with a suffix for repeats (``-2``, ``-3``) counted over the whole input, so the input is read in one
-task, in order. Either way the blocks spread over every sender, so reading is rarely what binds.
+How the input is split: a table input (CSV, Parquet, JSONL files, local or in object storage) with an
+``id_column`` makes every file a read task of its own (its first row index is the number of rows in
+the files before it); without one, a row's id is a hash of its cells with a suffix for repeats
+(``-2``, ``-3``) counted over the whole input, so the input is read in one task, in order, as are
+image folders and WebDataset shards. Either way the blocks spread over every sender, so reading is
+rarely what binds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow as pa
 from pipeline.cluster.output import OutputTarget
 from pipeline.results.store import RerunPolicy
 from pipeline.rows.reader import InputTable, SourcedRow, count_rows, file_table, iter_rows
+from pipeline.rows.storage import ObjectStorage
 
 MAX_BLOCK_ROWS = 256  # rows to send per block a read task yields, at most
 SCAN_ROWS = 4096  # rows read per block, at most (the rest were settled)
@@ -61,9 +64,14 @@ class ReadRule:
     limiter: Any = None
 
 
-def plan_reads(table: InputTable, limit: int | None) -> tuple[list[ReadPiece], int]:
-    """The read tasks of an input, and the number of rows they read (at most ``limit``)."""
-    if table.id_column is None or len(table.files) == 1:
+def plan_reads(
+    table: InputTable, limit: int | None, storage: ObjectStorage | None = None
+) -> tuple[list[ReadPiece], int]:
+    """The read tasks of an input, and the number of rows they read (at most ``limit``).
+
+    :param storage: object storage, for a table input there (its files are counted from here).
+    """
+    if table.id_column is None or len(table.files) == 1 or table.kind != "table":
         total = count_rows(table)
         return [ReadPiece(table, 0, limit)], total if limit is None else min(total, limit)
     pieces: list[ReadPiece] = []
@@ -71,7 +79,7 @@ def plan_reads(table: InputTable, limit: int | None) -> tuple[list[ReadPiece], i
     for path in table.files:
         if limit is not None and first >= limit:
             break
-        part = file_table(table, path)
+        part = file_table(table, path, storage)
         rows = count_rows(part)
         take = None if limit is None else min(rows, limit - first)
         pieces.append(ReadPiece(part, first, take))

@@ -150,6 +150,11 @@ class ObjectResultStore(ResultStore):
             return None
         return record.describe() if record is not None else None
 
+    def refresh(self) -> None:
+        """Mirror the bucket again while holding the output: the segments other processes of this run
+        uploaded (a cluster's senders), after uploading what any of them left staged on this machine."""
+        self._pull()
+
     def _guard(self) -> None:
         self.lease.check()
 
