@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from jobkit import FAKE_KEY, invoke, write_job
+from jobkit import FAKE_KEY, invoke, photo, write_job
 from pipeline.results.remote import SEGMENTS_KEY, staging_folder
 from pipeline.sandbox import SandboxConfig, running_sandbox
 from storagekit import Bucket
@@ -247,3 +247,23 @@ def test_batch_mode_keeps_its_submissions_in_the_bucket(s3: Bucket, tmp_path: Pa
     listed = invoke(["batch", "status", s3.url("runs/job"), "--offline", "--json"])
     assert listed.exit_code == 0, listed.output
     assert [entry["state"] for entry in json.loads(listed.output)["batches"]] == ["collected"]
+
+
+def test_report_makes_thumbnails_of_object_storage_cells(s3: Bucket, tmp_path: Path) -> None:
+    """report reads an s3:// output and fetches the s3:// images its rows name for their thumbnails."""
+
+    for i in range(3):
+        s3.put(f"imgs/{i}.jpg", photo(i, size=(120, 90)))
+    rows = "".join(f"{i},{s3.url(f'imgs/{i}.jpg')}\n" for i in range(3))
+    (tmp_path / "in.csv").write_text("id,image\n" + rows)
+    job = write_job(
+        tmp_path,
+        input="in.csv",
+        output=s3.url("runs/job"),
+        id_column="id",
+        request={"model": "claude-haiku-4-5", "max_tokens": 16, "prompt": "Caption.", "images": ["image"]},
+    )
+    assert invoke(["run", str(job), "--sandbox"]).exit_code == 0
+    report = invoke(["report", s3.url("runs/job"), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert "3 rows, 3 thumbnails;" in report.output
