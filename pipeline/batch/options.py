@@ -12,6 +12,7 @@ from pipeline.errors import FatalApiError
 from pipeline.job.spec import StorageSpec
 from pipeline.records import Summary
 from pipeline.results.store import RerunPolicy
+from pipeline.rows.memory import InputSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,7 @@ class BatchOptions:
     base_url: str
     api_key: str = field(repr=False)
     output: Path | str  # a directory, or an object-storage URL
-    input: str = ""
+    input: InputSource = ""
     limit: int | None = None
     fresh: bool = False
     retry: RerunPolicy = field(default_factory=RerunPolicy)

@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
+from pipeline.api.config import is_loopback
 from pipeline.api.files import FilesApi
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
@@ -71,9 +72,16 @@ ORPHAN_SKEW = timedelta(minutes=5)
 
 
 async def run_batch(
-    spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec | None,
+    options: BatchOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> BatchOutcome:
-    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait."""
+    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
+
+    :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
+    """
     started = time.monotonic()
     settings = spec.storage if spec is not None else options.storage
     storage = ObjectStorage(StorageSettings.from_spec(settings))
@@ -81,7 +89,9 @@ async def run_batch(
         store = open_output(options.output, storage, settings)
         store.prepare()
         with store.locked():
-            return await _run_held(spec, options, store, storage, transport, started)
+            return await _run_held(
+                spec, options, store, storage, transport, started, shutdown or Shutdown(options.grace_s)
+            )
     finally:
         storage.close()
 
@@ -93,6 +103,7 @@ async def _run_held(
     storage: ObjectStorage,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
+    shutdown: Shutdown,
 ) -> BatchOutcome:
     batch_log = BatchLog(store.directory, on_write=store.sync)
     batch_log.remove_spools()
@@ -108,7 +119,7 @@ async def _run_held(
         store.compact()
     async with BatchesApi(options.client_config(), transport=transport) as api:
         engine = _Engine(store, batch_log, api, spec, options, storage, transport)
-        return await engine.run(started)
+        return await engine.run(started, shutdown)
 
 
 async def cancel_batches(
@@ -184,9 +195,8 @@ class _Engine:
         self._progress: dict[str, BatchInfo] = {}
         self._files: FileMap | None = None
 
-    async def run(self, started: float) -> BatchOutcome:
+    async def run(self, started: float, shutdown: Shutdown) -> BatchOutcome:
         fatal: FatalApiError | None = None
-        shutdown = Shutdown(self.options.grace_s)
         main = asyncio.current_task()
         assert main is not None
         shutdown.install(stop=self.stop.set, abort=lambda: _cancel(main))
@@ -350,7 +360,9 @@ class _Engine:
         self.exhausted = 0  # counted afresh by each pass
         table = open_job_input(spec, options.input, self.storage)
         fingerprint = spec.request.fingerprint()
-        settled = self.store.settled(fingerprint, options.retry)
+        settled = self.store.settled(
+            fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
+        )
         pending = pending_row_ids(self.log, self.log.submissions())
         prior = prior_attempts(self.store, fingerprint)
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))

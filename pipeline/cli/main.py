@@ -191,26 +191,7 @@ def validate(job: Path, input_: str | None, show: int, fetch: bool) -> None:
 
     spec = load_job(job)
     report = validate_job(spec, input_ if input_ is not None else spec.input, fetch=fetch)
-    for problem in report.problems[:show]:
-        click.echo(f"  {problem}", err=True)
-    if len(report.problems) > show:
-        click.echo(f"  ... and {len(report.problems) - show} more", err=True)
-    unchecked = report.remote_images + report.stored_images
-    where = ", ".join(
-        part
-        for part in (
-            f"{report.remote_images} by URL" if report.remote_images else "",
-            f"{report.stored_images} in object storage" if report.stored_images else "",
-        )
-        if part
-    )
-    skipped = f" ({unchecked} not fetched: {where}; --fetch checks them)" if unchecked else ""
-    documents = f", {report.documents} documents" if report.documents else ""
-    click.echo(
-        f"{spec.source}: job ok; {report.rows} rows, {report.images} images{documents} checked{skipped},"
-        f" {len(report.problems)} rows with problems",
-        err=True,
-    )
+    click.echo(report.text(show), err=True)
     sys.exit(EXIT_ROW_ERRORS if report.problems else EXIT_OK)
 
 
@@ -234,7 +215,11 @@ def validate(job: Path, input_: str | None, show: int, fetch: bool) -> None:
     show_default=True,
     help="Requests to count with --exact.",
 )
-@click.option("--sandbox", is_flag=True, help="With --exact: count with the built-in local sandbox.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Estimate a sandbox run: rows the sandbox answered count as done, and --exact counts with it.",
+)
 @click.option("--base-url", help="With --exact: API base URL; overrides ANTHROPIC_BASE_URL and the job's.")
 @click.option(
     "--fetch", is_flag=True, help="Also download images from URLs and object storage, to count their tokens."
@@ -254,6 +239,7 @@ def estimate(
     as_json: bool,
 ) -> None:
     """Estimate JOB's tokens and cost before spending anything (never sends a Messages request)."""
+    from pipeline.api.config import is_loopback
     from pipeline.dryrun.costs import estimate_json, estimate_text
     from pipeline.dryrun.estimate import estimate_job
     from pipeline.job.spec import load_job
@@ -263,6 +249,8 @@ def estimate(
         raise ConfigError(f"--exact: provider {spec.api.provider!r} has no count_tokens endpoint")
     api_key = api_key_for(spec, sandbox=sandbox) if exact else ""
     with server_url(spec, sandbox=sandbox, base_url=base_url) if exact else nullcontext("") as url:
+        with server_url(spec, sandbox=False, base_url=base_url) as target:  # the run's server: names it
+            local = sandbox or is_loopback(target)
         result = estimate_job(
             spec,
             input_ if input_ is not None else spec.input,
@@ -272,6 +260,7 @@ def estimate(
             api_key=api_key,
             sample=sample,
             fetch=fetch,
+            sandbox_answers=local,
         )
     click.echo(estimate_json(result) if as_json else estimate_text(result))
 

@@ -34,6 +34,7 @@ from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, reques
 from pipeline.results.outputs import is_remote_output, reading
 from pipeline.results.store import RerunPolicy, settled_rows
 from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.wire import MessagePayload
@@ -71,7 +72,7 @@ class _Walk:
 
 def estimate_job(
     spec: JobSpec,
-    input_pattern: str,
+    source: InputSource,
     output: Path | str,
     *,
     limit: int | None = None,
@@ -79,16 +80,21 @@ def estimate_job(
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
     fetch: bool = False,
+    sandbox_answers: bool = False,
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
 
     :param fetch: download images behind URLs and in object storage too (else they are counted).
+    :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
+        being estimated goes to a server on this machine; see ``results.store.settled_rows``).
     """
     request = spec.request
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
-        table = open_job_input(spec, input_pattern, storage)
-        settled, typical = _earlier_results(output, request.fingerprint(), storage, spec)
+        table = open_job_input(spec, source, storage)
+        settled, typical = _earlier_results(
+            output, request.fingerprint(), storage, spec, sandbox_answers=sandbox_answers
+        )
         walk = _Walk()
         rng = random.Random(0)  # the same sample every time for the same input
         rows = iter_rows(table, limit=limit)
@@ -156,7 +162,7 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
 
 
 def _earlier_results(
-    output: Path | str, fingerprint: str, storage: ObjectStorage, spec: JobSpec
+    output: Path | str, fingerprint: str, storage: ObjectStorage, spec: JobSpec, *, sandbox_answers: bool
 ) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
@@ -170,7 +176,7 @@ def _earlier_results(
     if frame is None or frame.is_empty():
         return {}, None
     try:
-        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy())
+        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy(), sandbox_answers=sandbox_answers)
         answered = frame.filter(
             (pl.col("request_fingerprint") == fingerprint)
             & (pl.col("status") == "ok")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
 from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.rows.storage import ObjectStorage, StorageSettings
 
@@ -29,20 +31,50 @@ class ValidationReport:
     stored_images: int = 0  # cells in object storage, not fetched
     documents: int = 0
     problems: list[str] = field(default_factory=list)
+    source: str = ""  # the job checked (its file), for the text
+
+    def text(self, show: int = 20) -> str:
+        """What ``pipeline validate`` prints: the first ``show`` problems, then one line of counts."""
+        lines = [f"  {problem}" for problem in self.problems[:show]]
+        if len(self.problems) > show:
+            lines.append(f"  ... and {len(self.problems) - show} more")
+        unchecked = self.remote_images + self.stored_images
+        where = ", ".join(
+            part
+            for part in (
+                f"{self.remote_images} by URL" if self.remote_images else "",
+                f"{self.stored_images} in object storage" if self.stored_images else "",
+            )
+            if part
+        )
+        skipped = f" ({unchecked} not fetched: {where}; --fetch checks them)" if unchecked else ""
+        documents = f", {self.documents} documents" if self.documents else ""
+        lines.append(
+            f"{self.source}: job ok; {self.rows} rows, {self.images} images{documents} checked{skipped},"
+            f" {len(self.problems)} rows with problems"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the command's text, not the record's fields."""
+        printer.text(str(self))
 
 
-def validate_job(spec: JobSpec, input_pattern: str, *, fetch: bool = False) -> ValidationReport:
+def validate_job(spec: JobSpec, source: InputSource, *, fetch: bool = False) -> ValidationReport:
     """Open the input (InputError if the job cannot run) and check every row (offline unless ``fetch``)."""
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
-        table = open_job_input(spec, input_pattern, storage)
+        table = open_job_input(spec, source, storage)
         return asyncio.run(_walk(spec, table, storage, fetch=fetch))
     finally:
         storage.close()
 
 
 async def _walk(spec: JobSpec, table: InputTable, storage: ObjectStorage, *, fetch: bool) -> ValidationReport:
-    report = ValidationReport()
+    report = ValidationReport(source=spec.source)
     request = spec.request
 
     def remote() -> None:

@@ -25,6 +25,7 @@ from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image, 
 from pipeline.payloads.transport import Transport
 from pipeline.records import Row
 from pipeline.rows.cells import MediaItem, cell_items
+from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.rows.storage import ObjectStorage
 from pipeline.wire import MessagePayload
@@ -183,14 +184,16 @@ def media_columns(request: RequestSpec) -> list[str]:
     return [*request.images, *request.documents]
 
 
-def open_job_input(spec: JobSpec, input_pattern: str, storage: ObjectStorage | None = None) -> InputTable:
-    """Open the job's input and check that every column it uses is there."""
+def open_job_input(spec: JobSpec, source: InputSource, storage: ObjectStorage | None = None) -> InputTable:
+    """Open the job's input (a file, glob or URL, or a table held in Python) and check every column it uses.
+
+    :param storage: object storage, for ``s3://``, ``gs://`` and ``az://`` inputs (made when needed).
+    """
+    needed = needed_columns(spec.request)
+    if isinstance(source, FrameInput):
+        return open_frame(source, id_column=spec.id_column, needed=needed)
     return open_input(
-        input_pattern,
-        id_column=spec.id_column,
-        needed=needed_columns(spec.request),
-        media=media_columns(spec.request),
-        storage=storage,
+        source, id_column=spec.id_column, needed=needed, media=media_columns(spec.request), storage=storage
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.config import is_loopback
 from pipeline.api.files import FilesApi
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
@@ -30,12 +31,13 @@ from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
 from pipeline.results.outputs import open_output
 from pipeline.results.progress import Limits as ProgressLimits
-from pipeline.results.progress import Progress
+from pipeline.results.progress import Progress, View
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore
 from pipeline.results.summary import ResultTally
 from pipeline.results.uploads import FileMap, FilesTransport
 from pipeline.rows.media import online_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.shutdown import Shutdown
@@ -55,7 +57,7 @@ class RunOptions:
 
     base_url: str
     api_key: str
-    input: str
+    input: InputSource
     output: Path | str  # a directory, or an object-storage URL (s3://bucket/prefix/job)
     limit: int | None = None
     fresh: bool = False
@@ -63,6 +65,7 @@ class RunOptions:
     grace_s: float = 30.0
     progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
     sandbox: bool = False  # sending to the built-in sandbox (its uploaded files die with it)
+    view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +148,26 @@ class _Recorder:
 
 
 async def run_job(
-    spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec,
+    options: RunOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> RunOutcome:
-    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole."""
+    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole.
+
+    :param shutdown: the run's stop handling, for a caller that must ask for a stop itself (a run
+        off the main thread gets no signals); by default one for ``options.grace_s``.
+    """
     started = time.monotonic()
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
         store = open_output(options.output, storage, spec.storage)
         store.prepare()
         with store.locked():
-            return await _run_locked(spec, options, store, storage, transport, started)
+            return await _run_locked(
+                spec, options, store, storage, transport, started, shutdown or Shutdown(options.grace_s)
+            )
     finally:
         storage.close()
 
@@ -166,6 +179,7 @@ async def _run_locked(
     storage: ObjectStorage,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
+    shutdown: Shutdown,
 ) -> RunOutcome:
     from pipeline.batch.state import refuse_pending  # the output's mirror is known only now
 
@@ -177,7 +191,7 @@ async def _run_locked(
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
     table = open_job_input(spec, options.input, storage)
-    settled = store.settled(fingerprint, options.retry)
+    settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
     store.note_job(spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
     recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
@@ -190,7 +204,6 @@ async def _run_locked(
     stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
     files = FilesApi(config, transport=transport)
-    shutdown = Shutdown(options.grace_s)
     try:
         async with client, files:
             try:
@@ -208,6 +221,7 @@ async def _run_locked(
                     requests_sent=lambda: client.requests_sent,
                     reading_done=lambda: run.reading_done,
                     live=options.progress,
+                    view=options.view,
                 )
                 await run.pump(options.limit, shutdown)
             except* FatalApiError as group:
