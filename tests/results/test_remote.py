@@ -38,6 +38,28 @@ def _job(tmp_path: Path, s3: Bucket, rows: int, *, name: str = "job", **storage:
     )
 
 
+def _photo_job(tmp_path: Path, s3: Bucket, rows: int, **storage: object) -> Path:
+    """Everything in the bucket: the input table, the photos its rows name (s3:// cells), the output."""
+    for i in range(rows):
+        s3.put(f"photos/{i}.jpg", photo(i, size=(64, 48)))
+    table = "id,topic,image\n" + "".join(f"{i},topic {i},{s3.url(f'photos/{i}.jpg')}\n" for i in range(rows))
+    s3.put("in/rows.csv", table.encode())
+    return write_job(
+        tmp_path,
+        input=s3.url("in/rows.csv"),
+        output=s3.url("runs/job"),
+        id_column="id",
+        request={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 32,
+            "prompt": "Caption {topic}.",
+            "images": ["image"],
+        },
+        limits={"concurrency": 2, "max_attempts": 3, "timeout_s": 10},
+        storage={"lease_ttl_s": 60, **storage},
+    )
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["ANTHROPIC_API_KEY"] = FAKE_KEY
@@ -98,10 +120,11 @@ def test_a_run_writes_whole_results_to_the_bucket_and_the_commands_read_it(
 
 
 def test_kill_9_mid_run_then_a_rerun_sends_nothing_twice(s3: Bucket, tmp_path: Path) -> None:
-    """After kill -9, the rerun uploads what the killed run staged here, and sends exactly the rows
-    with no recorded result: every recorded answer is paid once (the sandbox's tally proves it)."""
+    """Input table, image cells and output all in the bucket: after kill -9, the rerun uploads what
+    the killed run staged here, and sends exactly the rows with no recorded result: every recorded
+    answer is paid once (the sandbox's tally proves it)."""
     rows = 60
-    job = _job(tmp_path, s3, rows=rows, segment_rows=5, segment_s=0.5)
+    job = _photo_job(tmp_path, s3, rows=rows, segment_rows=5, segment_s=0.5)
     staging = staging_folder(s3.url("runs/job"), None)
     with running_sandbox(SandboxConfig(latency_ms=60)) as sandbox:
         child = _start(["run", str(job), "--base-url", sandbox.base_url])
@@ -121,6 +144,8 @@ def test_kill_9_mid_run_then_a_rerun_sends_nothing_twice(s3: Bucket, tmp_path: P
     assert f"({len(recorded)} already done, skipped)" in stderr
     frame = _remote_results(s3)
     assert sorted(frame["row_id"].to_list(), key=int) == [str(i) for i in range(rows)]
+    assert set(frame["status"]) == {"ok"}  # every row's photo was fetched from the bucket and sent
+    assert stats["message_body_bytes"] > rows * len(photo(0, size=(64, 48)))  # the photos went inline
     # paid twice at most: the requests in flight when the process died (concurrency 2)
     assert stats["answers_ok"] - rows == answered_before - len(recorded) <= 2
     assert max(stats["ok_by_request"].values()) <= 2
