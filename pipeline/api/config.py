@@ -138,6 +138,11 @@ class ClientConfig:
         )
 
 
+def job_betas(spec: JobSpec) -> tuple[str, ...]:
+    """The ``anthropic-beta`` values a job's requests need: the Files API's when images go by file id."""
+    return (FILES_API_BETA,) if spec.request.image_transport == "files" else ()
+
+
 def is_loopback(base_url: str) -> bool:
     """Whether ``base_url`` is a server on this machine (the sandbox, a self-hosted model).
 
@@ -146,8 +151,3 @@ def is_loopback(base_url: str) -> bool:
     """
     host = urlsplit(base_url).hostname or ""
     return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-def job_betas(spec: JobSpec) -> tuple[str, ...]:
-    """The ``anthropic-beta`` values a job's requests need: the Files API's when images go by file id."""
-    return (FILES_API_BETA,) if spec.request.image_transport == "files" else ()

@@ -89,7 +89,9 @@ async def run_batch(
         store = open_output(options.output, storage, settings)
         store.prepare()
         with store.locked():
-            return await _run_held(spec, options, store, storage, transport, started, shutdown)
+            return await _run_held(
+                spec, options, store, storage, transport, started, shutdown or Shutdown(options.grace_s)
+            )
     finally:
         storage.close()
 
@@ -101,7 +103,7 @@ async def _run_held(
     storage: ObjectStorage,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
-    shutdown: Shutdown | None,
+    shutdown: Shutdown,
 ) -> BatchOutcome:
     batch_log = BatchLog(store.directory, on_write=store.sync)
     batch_log.remove_spools()
@@ -117,7 +119,7 @@ async def _run_held(
         store.compact()
     async with BatchesApi(options.client_config(), transport=transport) as api:
         engine = _Engine(store, batch_log, api, spec, options, storage, transport)
-        return await engine.run(started, shutdown or Shutdown(options.grace_s))
+        return await engine.run(started, shutdown)
 
 
 async def cancel_batches(

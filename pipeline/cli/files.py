@@ -32,7 +32,9 @@ def files() -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, delete nothing.")
 @expected_errors
 def prune(output: Path | str, base_url: str | None, dry_run: bool) -> None:
-    """Delete OUTPUT's uploaded files from the Files API and forget them (a later run uploads again).
+    """Delete OUTPUT's uploaded files from the Files API and forget them.
+
+    A later run uploads them again.
 
     Refused while batches are pending (they reference the files). Needs the key variable the files
     were uploaded with (ANTHROPIC_API_KEY by default).

@@ -295,8 +295,8 @@ def estimate(
             exact_base_url=url or None,
             api_key=api_key,
             sample=sample,
-            sandbox_answers=local,
             fetch=fetch,
+            sandbox_answers=local,
         )
     click.echo(estimate_json(result) if as_json else estimate_text(result))
 

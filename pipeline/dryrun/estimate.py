@@ -79,14 +79,14 @@ def estimate_job(
     exact_base_url: str | None = None,
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
-    sandbox_answers: bool = False,
     fetch: bool = False,
+    sandbox_answers: bool = False,
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
 
+    :param fetch: download images behind URLs and in object storage too (else they are counted).
     :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
         being estimated goes to a server on this machine; see ``results.store.settled_rows``).
-    :param fetch: download images behind URLs and in object storage too (else they are counted).
     """
     request = spec.request
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))

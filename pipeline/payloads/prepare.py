@@ -185,13 +185,16 @@ def media_columns(request: RequestSpec) -> list[str]:
 
 
 def open_job_input(spec: JobSpec, source: InputSource, storage: ObjectStorage | None = None) -> InputTable:
-    """Open the job's input (a file, glob or object-storage URL, or a table held in Python) and check
-    every column it uses."""
+    """Open the job's input (a file, glob or URL, or a table held in Python) and check every column it uses.
+
+    :param storage: object storage, for ``s3://``, ``gs://`` and ``az://`` inputs (made when needed).
+    """
     needed = needed_columns(spec.request)
-    media = media_columns(spec.request)
     if isinstance(source, FrameInput):
-        return open_frame(source, id_column=spec.id_column, needed=needed, media=media)
-    return open_input(source, id_column=spec.id_column, needed=needed, media=media, storage=storage)
+        return open_frame(source, id_column=spec.id_column, needed=needed)
+    return open_input(
+        source, id_column=spec.id_column, needed=needed, media=media_columns(spec.request), storage=storage
+    )
 
 
 async def prepare_request(

@@ -62,8 +62,8 @@ class RunOptions:
     retry: RerunPolicy = field(default_factory=RerunPolicy)
     grace_s: float = 30.0
     progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
-    view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
     sandbox: bool = False  # sending to the built-in sandbox (its uploaded files die with it)
+    view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,9 +106,9 @@ class ResultStore:
         """A side file in :attr:`directory` grew; saving it may wait for the next journal segment."""
         del path
 
-    def note_job(self, spec: JobSpec, input_pattern: InputSource) -> None:
+    def note_job(self, spec: JobSpec, source: InputSource) -> None:
         """Record the latest run's job (``job.json``), and :meth:`sync` it."""
-        note_job(self.directory, spec, input_pattern)
+        note_job(self.directory, spec, source)
         self.sync(self.directory / JOB_NOTE)
 
     def prepare(self) -> None:

@@ -3,9 +3,9 @@
 Owns: turning each kind of table into a polars LazyFrame without reading more than it must (a
 LazyFrame stays lazy and is streamed; a Hugging Face ``Dataset`` is read a batch at a time through a
 polars IO source; a pyarrow Table is wrapped, not copied), the same checks a file input gets
-(``reader.open_frame``), where relative image paths resolve (``base_dir``),
-and reading an input's row ids back in order (to match results to rows). From there on the rows are
-a file's rows: ``reader.iter_rows`` gives them the same ids, content hashes and ``row_index``.
+(``reader.checked_table``: columns, types, media cells, ids), where relative image paths resolve
+(``base_dir``), and reading an input's row ids back in order (to match results to rows). From there
+on the rows are a file's rows: ``reader.iter_rows`` gives them the same ids, content hashes and ``row_index``.
 
 Cells pass through as polars reads their Arrow values: a ``Dataset``'s ``Image`` column stays its
 struct of ``bytes`` and ``path``, for the image-cell rules of ``rows`` to take or refuse.
@@ -22,12 +22,11 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.rows.reader import SOURCE_COLUMN, InputTable, iter_rows
-from pipeline.rows.reader import open_frame as reader_open_frame
+from pipeline.rows.reader import SOURCE_COLUMN, InputTable, checked_table, iter_rows, media_of
+from pipeline.rows.tables import first_line
 
 # rows per batch read from a Hugging Face Dataset: image rows can be large, keep a batch small
 DATASET_BATCH_ROWS = 256
-MESSAGE_CHARS = 200
 
 SUPPORTED = (
     "a polars DataFrame or LazyFrame, a pandas DataFrame, a pyarrow Table, a Hugging Face Dataset, "
@@ -92,7 +91,7 @@ def _converted(label: str, convert: Any) -> pl.LazyFrame:
     try:
         frame = convert()
     except (pl.exceptions.PolarsError, pa.ArrowException, TypeError, ValueError) as exc:
-        raise InputError(f"{label}: cannot be read as a table: {_first_line(exc)}") from None
+        raise InputError(f"{label}: cannot be read as a table: {first_line(exc)}") from None
     assert isinstance(frame, pl.DataFrame)
     return frame.lazy()
 
@@ -127,7 +126,7 @@ def _dataset(data: Any, name: str) -> tuple[str, pl.LazyFrame]:
         assert isinstance(empty, pl.DataFrame)
         schema = empty.schema
     except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
-        raise InputError(f"{label}: its features cannot be read as columns: {_first_line(exc)}") from None
+        raise InputError(f"{label}: its features cannot be read as columns: {first_line(exc)}") from None
     return label, _dataset_source(data, schema)
 
 
@@ -162,11 +161,8 @@ def _dataset_source(data: Any, schema: pl.Schema) -> pl.LazyFrame:
     return register_io_source(batches, schema=schema)
 
 
-def open_frame(
-    source: FrameInput, *, id_column: str | None, needed: dict[str, str], media: Sequence[str] = ()
-) -> InputTable:
-    """Open a table held in Python as a file input is opened: the same column, type and id checks
-    (``reader.open_frame``), its relative paths resolving against ``base_dir``.
+def open_frame(source: FrameInput, *, id_column: str | None, needed: dict[str, str]) -> InputTable:
+    """Open a table held in Python as a file input is opened: the same column, type and id checks.
 
     :raises InputError: one line naming the table for a missing column (suggesting a near name), a
         column of an unusable type, or an id column with empty or duplicate values.
@@ -174,15 +170,10 @@ def open_frame(
     try:
         source.frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"cannot read {source.label}: {_first_line(exc)}") from None
-    return reader_open_frame(
-        source.frame,
-        label=source.label,
-        base_dir=source.base_dir,
-        id_column=id_column,
-        needed=needed,
-        media=media,
-    )
+        raise InputError(f"cannot read {source.label}: {first_line(exc)}") from None
+    # iter_rows takes each row's folder from this column, as it does a file's; here: base_dir
+    frame = source.frame.with_columns(pl.lit(source.note_path()).alias(SOURCE_COLUMN))
+    return checked_table((), frame, id_column, needed, media_of(needed), kind="frame", label=source.label)
 
 
 def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
@@ -192,13 +183,6 @@ def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
     """
     if table.id_column is not None:
         assert table.frame is not None
-        keep = [table.id_column, *([SOURCE_COLUMN] if SOURCE_COLUMN in table.frame.collect_schema() else [])]
-        only = table.frame.select(keep)  # projected into the source's scan
-        table = replace(table, frame=only, columns=(table.id_column,), hash_columns=())
+        only = table.frame.select(table.id_column, SOURCE_COLUMN)  # projected into the source's scan
+        table = replace(table, frame=only, columns=(table.id_column,), hash_columns=(), media_columns=())
     return [sourced.row.row_id for sourced in iter_rows(table, limit=limit)]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"

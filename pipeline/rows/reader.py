@@ -4,8 +4,8 @@ Owns: finding what the job's ``input`` names (a path, a glob, brace ranges, an `
 or ``az://`` URL or glob), telling its kind from the files matched (tables: :mod:`~pipeline.rows.tables`;
 image files: :mod:`~pipeline.rows.folder`; WebDataset shards: :mod:`~pipeline.rows.webdataset`),
 checking the columns the job needs (present, and of a usable type), stable row ids, and handing out
-rows in bounded batches (memory does not grow with the input). An in-memory table is one more kind
-(:func:`open_frame`). Knows nothing about the API.
+rows in bounded batches (memory does not grow with the input). A table held in Python is opened by
+:mod:`~pipeline.rows.memory` through the same checks (:func:`checked_table`). Knows nothing about the API.
 
 Rows keep what they always had: ``index`` (position in the input), ``row_id`` (the id column as
 text, else a hash of the row's values, ``-2``... suffixes for repeats) and ``content_hash`` (a hash
@@ -53,11 +53,12 @@ __all__ = [
     "SourcedRow",
     "check_file",
     "check_ids",
+    "checked_table",
     "count_rows",
     "file_table",
     "find_files",
     "iter_rows",
-    "open_frame",
+    "media_of",
     "open_input",
     "row_id",
     "value_hash",
@@ -86,10 +87,11 @@ class InputTable:
     base: tuple[Path, str | None] | None = None
     media_columns: tuple[str, ...] = ()
     unique_ids: bool = False
+    label: str | None = None  # an input that is no file (rows.memory): its name in messages
 
     def describe(self) -> str:
         """The input as users named it, for messages."""
-        return describe(self.files)
+        return self.label if self.label is not None else describe(self.files)
 
     @property
     def batch_rows(self) -> int:
@@ -146,9 +148,7 @@ def open_input(
         malformed file, a missing column (suggesting a near name), or a column of an unusable type.
     """
     if media is None:
-        media = [
-            name for name, user in needed.items() if "request.images" in user or "request.documents" in user
-        ]
+        media = media_of(needed)
     patterns = webdataset.expand_braces(pattern)
     remote = any(is_object_url(item) for item in patterns)
     if remote:
@@ -164,7 +164,7 @@ def open_input(
         )
         # the id defaults to image_path: one row per file, named by the file
         chosen = id_column or folder.PATH_COLUMN
-        return _finish(
+        return checked_table(
             files,
             found.frame,
             chosen,
@@ -184,24 +184,12 @@ def open_input(
             assert storage is not None
             scans.append(scan_table(item, storage.settings.polars_options(item)))
     frame = scans[0] if len(scans) == 1 else pl.concat(scans, how="diagonal_relaxed")
-    return _finish(files, frame, id_column, needed, media)
+    return checked_table(files, frame, id_column, needed, media)
 
 
-def open_frame(
-    frame: pl.LazyFrame | pl.DataFrame,
-    *,
-    label: str,
-    base_dir: Path,
-    id_column: str | None,
-    needed: dict[str, str],
-    media: Sequence[str] = (),
-) -> InputTable:
-    """An in-memory table (a polars frame, or anything ``pl.from_arrow`` takes made into one) as the input.
-
-    :param label: how messages name it (``"DataFrame"``); relative paths in it resolve against ``base_dir``.
-    """
-    lazy = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
-    return _finish((label,), lazy, id_column, needed, media, kind="frame", base=(base_dir, None))
+def media_of(needed: Mapping[str, str]) -> list[str]:
+    """The columns ``needed`` says ``request.images`` or ``request.documents`` use."""
+    return [name for name, user in needed.items() if "request.images" in user or "request.documents" in user]
 
 
 def _list_remote(pattern: str, storage: ObjectStorage) -> list[Any]:
@@ -313,7 +301,7 @@ def _open_shards(
         return webdataset.shard_batches(shards, opener, schema, rows)
 
     empty = pl.DataFrame(schema={**schema, SOURCE_COLUMN: pl.String()}).lazy()
-    table = _finish(
+    table = checked_table(
         files,
         empty,
         id_column or webdataset.KEY_COLUMN,
@@ -337,7 +325,7 @@ def _open_shards(
     )
 
 
-def _finish(
+def checked_table(
     files: tuple[Path | str, ...],
     frame: pl.LazyFrame,
     id_column: str | None,
@@ -347,12 +335,19 @@ def _finish(
     kind: str = "table",
     base: tuple[Path, str | None] | None = None,
     check_unique: bool = True,
+    label: str | None = None,
 ) -> InputTable:
-    where = describe(files)
+    """The opened input, once it has every needed column (and ``id_column``) of a usable type.
+
+    :param media: the image and document columns (their cells may hold bytes, structs and lists).
+    :param label: the input's name in messages when it is no file (a table held in Python).
+    :raises InputError: naming the input, the column and what uses it; or the id column's problem.
+    """
+    where = label if label is not None else describe(files)
     try:
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(explain(exc, files)) from None
+        raise InputError(explain(exc, files, where=label)) from None
     columns = tuple(name for name in schema.names() if name != SOURCE_COLUMN)
     wanted = dict(needed)
     if id_column is not None:
@@ -379,6 +374,7 @@ def _finish(
         base=base,
         media_columns=byte_media,
         unique_ids=id_column is None,
+        label=label,
     )
     if id_column is not None and check_unique:
         check_ids(table)
@@ -436,7 +432,7 @@ def check_ids(table: InputTable) -> None:
             .collect()
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(explain(exc, table.files)) from None
+        raise InputError(explain(exc, table.files, where=table.label)) from None
     if counts.height == 0:
         return
     if counts["id"].null_count():
@@ -503,7 +499,7 @@ def iter_rows(
                 index += 1
     except (pl.exceptions.PolarsError, OSError) as exc:
         # polars reads whole batches, so all we know is that the rows before this one were fine
-        raise InputError(explain(exc, table.files, after_row=index)) from None
+        raise InputError(explain(exc, table.files, after_row=index, where=table.label)) from None
     except ObjectStoreError as exc:
         raise InputError(f"cannot read {table.describe()} after row {index}: {exc}") from None
 

@@ -85,16 +85,19 @@ def check_file(path: Path) -> None:
             raise InputError(problem)
 
 
-def explain(exc: BaseException, files: Sequence[Path | str], *, after_row: int | None = None) -> str:
+def explain(
+    exc: BaseException, files: Sequence[Path | str], *, after_row: int | None = None, where: str | None = None
+) -> str:
     """One line for a polars read error: the file and line when a check can find it, else polars' words.
 
     Only local files (``Path``) are checked line by line; object-storage URLs get polars' words.
+    :param where: the input's name when it is no file (a table held in Python).
     """
     for path in files:
         problem = _file_problem(path) if isinstance(path, Path) else None
         if problem is not None:
             return problem
-    where = describe(files)
+    where = where if where is not None else describe(files)
     if after_row:
         where += f" after row {after_row}"
     reason = first_line(exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from jobkit import FAKE_KEY, invoke, write_job
+from jobkit import FAKE_KEY, invoke, photo, write_job
 from pipeline.results.remote import SEGMENTS_KEY, staging_folder
 from pipeline.sandbox import SandboxConfig, running_sandbox
 from storagekit import Bucket
@@ -33,6 +33,28 @@ def _job(tmp_path: Path, s3: Bucket, rows: int, *, name: str = "job", **storage:
         output=s3.url("runs/job"),
         id_column="id",
         request={"model": "claude-haiku-4-5", "max_tokens": 32, "prompt": "Say something about {topic}."},
+        limits={"concurrency": 2, "max_attempts": 3, "timeout_s": 10},
+        storage={"lease_ttl_s": 60, **storage},
+    )
+
+
+def _photo_job(tmp_path: Path, s3: Bucket, rows: int, **storage: object) -> Path:
+    """Everything in the bucket: the input table, the photos its rows name (s3:// cells), the output."""
+    for i in range(rows):
+        s3.put(f"photos/{i}.jpg", photo(i, size=(64, 48)))
+    table = "id,topic,image\n" + "".join(f"{i},topic {i},{s3.url(f'photos/{i}.jpg')}\n" for i in range(rows))
+    s3.put("in/rows.csv", table.encode())
+    return write_job(
+        tmp_path,
+        input=s3.url("in/rows.csv"),
+        output=s3.url("runs/job"),
+        id_column="id",
+        request={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 32,
+            "prompt": "Caption {topic}.",
+            "images": ["image"],
+        },
         limits={"concurrency": 2, "max_attempts": 3, "timeout_s": 10},
         storage={"lease_ttl_s": 60, **storage},
     )
@@ -98,10 +120,11 @@ def test_a_run_writes_whole_results_to_the_bucket_and_the_commands_read_it(
 
 
 def test_kill_9_mid_run_then_a_rerun_sends_nothing_twice(s3: Bucket, tmp_path: Path) -> None:
-    """After kill -9, the rerun uploads what the killed run staged here, and sends exactly the rows
-    with no recorded result: every recorded answer is paid once (the sandbox's tally proves it)."""
+    """Input table, image cells and output all in the bucket: after kill -9, the rerun uploads what
+    the killed run staged here, and sends exactly the rows with no recorded result: every recorded
+    answer is paid once (the sandbox's tally proves it)."""
     rows = 60
-    job = _job(tmp_path, s3, rows=rows, segment_rows=5, segment_s=0.5)
+    job = _photo_job(tmp_path, s3, rows=rows, segment_rows=5, segment_s=0.5)
     staging = staging_folder(s3.url("runs/job"), None)
     with running_sandbox(SandboxConfig(latency_ms=60)) as sandbox:
         child = _start(["run", str(job), "--base-url", sandbox.base_url])
@@ -121,6 +144,8 @@ def test_kill_9_mid_run_then_a_rerun_sends_nothing_twice(s3: Bucket, tmp_path: P
     assert f"({len(recorded)} already done, skipped)" in stderr
     frame = _remote_results(s3)
     assert sorted(frame["row_id"].to_list(), key=int) == [str(i) for i in range(rows)]
+    assert set(frame["status"]) == {"ok"}  # every row's photo was fetched from the bucket and sent
+    assert stats["message_body_bytes"] > rows * len(photo(0, size=(64, 48)))  # the photos went inline
     # paid twice at most: the requests in flight when the process died (concurrency 2)
     assert stats["answers_ok"] - rows == answered_before - len(recorded) <= 2
     assert max(stats["ok_by_request"].values()) <= 2
@@ -247,3 +272,23 @@ def test_batch_mode_keeps_its_submissions_in_the_bucket(s3: Bucket, tmp_path: Pa
     listed = invoke(["batch", "status", s3.url("runs/job"), "--offline", "--json"])
     assert listed.exit_code == 0, listed.output
     assert [entry["state"] for entry in json.loads(listed.output)["batches"]] == ["collected"]
+
+
+def test_report_makes_thumbnails_of_object_storage_cells(s3: Bucket, tmp_path: Path) -> None:
+    """report reads an s3:// output and fetches the s3:// images its rows name for their thumbnails."""
+
+    for i in range(3):
+        s3.put(f"imgs/{i}.jpg", photo(i, size=(120, 90)))
+    rows = "".join(f"{i},{s3.url(f'imgs/{i}.jpg')}\n" for i in range(3))
+    (tmp_path / "in.csv").write_text("id,image\n" + rows)
+    job = write_job(
+        tmp_path,
+        input="in.csv",
+        output=s3.url("runs/job"),
+        id_column="id",
+        request={"model": "claude-haiku-4-5", "max_tokens": 16, "prompt": "Caption.", "images": ["image"]},
+    )
+    assert invoke(["run", str(job), "--sandbox"]).exit_code == 0
+    report = invoke(["report", s3.url("runs/job"), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    assert "3 rows, 3 thumbnails;" in report.output

@@ -76,6 +76,12 @@ def test_hugging_face_parquet_with_embedded_images_runs(tmp_path: Path) -> None:
     assert images[5] == {"bytes": None, "path": "loose.jpg"}
     written = (tmp_path / "out" / "results.parquet").read_bytes()
     assert all(data[200:400] not in written for data in photos)  # no image bytes in the output
+    report = invoke(["report", str(tmp_path / "out")])
+    assert report.exit_code == 0, report.output
+    # the embedded images are not in the output to make thumbnails of; the one read from disk is
+    assert "6 rows, 1 thumbnails, 5 images could not be read" in report.output
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "embedded in the input; the output keeps only its sha256" in page
 
 
 def test_binary_column_and_list_of_images_cell(tmp_path: Path) -> None:
