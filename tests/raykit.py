@@ -37,13 +37,16 @@ NODE: dict[str, Any] = {
     "object_store_memory": 100 * 2**20,
 }
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+# one token for every cluster of this process: Ray keeps the first token it reads for the process's
+# lifetime, so a second cluster with a new token would refuse this process as its driver
+TOKEN = secrets.token_hex(32)
 
 
 def configure(extra: dict[str, str]) -> tuple[Path, dict[str, str | None]]:
     """Set the environment every Ray process of the tests inherits; its directory, and what it replaced."""
     base = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short on purpose: Ray's socket paths
     token = base / "auth_token"
-    token.write_text(secrets.token_hex(32))
+    token.write_text(TOKEN)
     token.chmod(0o600)
     (base / "t").mkdir()
     values = {

@@ -91,7 +91,8 @@ class Registry:
         await self._end.wait()
 
     async def uploaded(self, sender: str, done: bool) -> None:
-        """A sender uploaded everything it journalled (``done``), or journalled more since."""
+        """A sender has nothing more to upload (``done``: uploaded, or kept for a later run after a failed
+        upload), or journalled more since."""
         self._uploaded[sender] = done
 
     async def not_uploaded(self) -> list[tuple[str, Any]]:

@@ -153,6 +153,8 @@ class Sending:
         self._staged = False
         self._ending = False
         self._uploader: asyncio.Task[None] | None = None
+        self._uploading: asyncio.Lock | None = None
+        self._raylet = os.getppid()  # a Ray worker is its raylet's child
 
     async def open(self) -> None:
         """Inside the actor's loop: the executor that prepares images, the client, the journal."""
@@ -174,6 +176,7 @@ class Sending:
         if plan.output is not None and plan.schema is not None:
             self.journal = plan.output.open_journal(plan.schema, writer=self.name)
             if isinstance(self.journal, SegmentJournalWriter):
+                self._uploading = asyncio.Lock()
                 self._uploader = asyncio.create_task(self._upload_at_end())
 
     @property
@@ -192,14 +195,16 @@ class Sending:
     async def _upload(self) -> None:
         journal = self.journal
         assert isinstance(journal, SegmentJournalWriter)
-        self._staged = False
-        journal.rotate()
-        try:
-            await asyncio.to_thread(journal.upload)
-        except OutputError as exc:
-            log.error("%s", exc)  # the staging folder keeps them; the driver's fold reports what is missing
-            return
-        self.plan.registry.uploaded.remote(self.name, not self._staged)
+        assert self._uploading is not None
+        async with self._uploading:  # one upload at a time: the end, and a batch that ended after it
+            self._staged = False
+            journal.rotate()
+            try:
+                await asyncio.to_thread(journal.upload)
+            except OutputError as exc:
+                # the staging folder keeps them (a later run on this node uploads them): nothing to wait for
+                log.error("%s", exc)
+            self.plan.registry.uploaded.remote(self.name, not self._staged)
 
     def staged(self) -> None:
         """Results went into the journal: after the end, the driver must wait for them again."""
@@ -220,7 +225,10 @@ class Sending:
 
     @property
     def stopped(self) -> bool:
-        return self.budgets.stopped is not None or self.fatal is not None
+        """Send nothing new: the run is stopping, or this worker's node is lost (its raylet, the
+        worker's parent, is gone: Ray runs this worker's batch again elsewhere, and a worker that
+        went on sending would pay for its rows twice)."""
+        return self.budgets.stopped is not None or self.fatal is not None or os.getppid() != self._raylet
 
     async def process(self, rows: Sequence[SourcedRow]) -> tuple[list[Result], list[Outcome]]:
         """Send a batch's rows; their results, and the outcomes of rows answered by an earlier try of it."""
