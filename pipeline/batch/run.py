@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
+from pipeline.api.models import run_model_facts
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -46,6 +47,7 @@ from pipeline.errors import (
     PermanentApiError,
     RowError,
 )
+from pipeline.job.rules import check_job, job_warnings, plan_request
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Result, Row, Summary
@@ -69,8 +71,20 @@ ORPHAN_SKEW = timedelta(minutes=5)
 async def run_batch(
     spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> BatchOutcome:
-    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait."""
+    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
+
+    :raises SpecError: before anything is sent, when ``spec`` breaks its model's rules.
+    """
     started = time.monotonic()
+    facts_source = ""
+    if spec is not None:
+        # refused up front, never per row (or hours later, in a batch's results)
+        facts = await run_model_facts(spec, options.client_config(), options.output, transport=transport)
+        check_job(spec, facts, mode="batch")
+        for note in job_warnings(spec, facts):
+            log.warning("%s", note)
+        spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
+        facts_source = facts.source
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
@@ -86,8 +100,11 @@ async def run_batch(
             store.start_fresh()
         else:
             store.compact()
+            if spec is not None:
+                store.adopt_legacy(spec.request)
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, spec, options)
+            engine.facts_source = facts_source
             return await engine.run(started)
 
 
@@ -145,6 +162,7 @@ class _Engine:
         self.collector = Collector(store, batch_log, api, self.tally)
         self.settings = spec.batch if spec is not None else _stored_settings(batch_log)
         self.notes: list[str] = []
+        self.facts_source = ""  # where the model's rules came from (the summary says)
         self.stop = asyncio.Event()
         self.submitted: list[Submission] = []
         self.submitted_rows = 0  # rows in submitted batches, followers (dedupe) included
@@ -324,9 +342,10 @@ class _Engine:
         self.exhausted = 0  # counted afresh by each pass
         table = open_job_input(spec, options.input)
         fingerprint = spec.request.fingerprint()
-        settled = self.store.settled(fingerprint, options.retry)
+        settled = self.store.settled(spec.request, options.retry)
         pending = pending_row_ids(self.log, self.log.submissions())
-        prior = prior_attempts(self.store, fingerprint)
+        legacy = spec.request.legacy_fingerprint()
+        prior = prior_attempts(self.store, [fingerprint, *([legacy] if legacy else [])])
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))
         submitter = Submitter(
             self.log,
@@ -405,6 +424,7 @@ class _Engine:
             attempts=0,
             error_type=failure.error_type,
             error_message=str(failure),
+            max_tokens=self.spec.request.max_tokens if self.spec is not None else None,
         )
         if self._journal is None:
             self._journal = self.store.new_journal(schema)
@@ -452,6 +472,7 @@ class _Engine:
             cost_usd=price.cost_usd(usage, batch=True, cache_ttl=ttl) if price is not None else None,
             priced_as=priced_as,
             rows_shared=tally.shared,
+            model_facts=self.facts_source,
         )
         return BatchOutcome(
             summary=summary,

@@ -22,14 +22,23 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.models import offline_model_facts
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.dryrun.costs import TYPICAL_OUTPUT_SHARE, CacheOutlook, Estimate, ExactCheck
 from pipeline.dryrun.validate import row_problem
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
+from pipeline.job.rules import check_job, plan_request
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import system_text
-from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
-from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_examples, prepare_rows
+from pipeline.payloads.tokens import (
+    RequestTokens,
+    image_tokens,
+    min_cacheable_tokens,
+    request_tokens,
+    text_tokens,
+)
 from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
 from pipeline.rows.media import offline_loader
 from pipeline.rows.reader import SourcedRow, iter_rows
@@ -64,6 +73,7 @@ class _Walk:
     prefixes: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     sample: list[tuple[MessagePayload, int]] = field(default_factory=list)
     sample_seen: int = 0
+    example_tokens: int = 0
 
 
 def estimate_job(
@@ -76,10 +86,17 @@ def estimate_job(
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
 ) -> Estimate:
-    """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there."""
+    """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
+
+    :raises SpecError: the job breaks its model's rules (checked offline: a cached ``/v1/models``
+        answer in ``output``, else the shipped table).
+    """
+    facts = offline_model_facts(spec, output)
+    check_job(spec, facts)
+    spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
     request = spec.request
     table = open_job_input(spec, input_pattern)
-    settled, typical = _earlier_results(output, request.fingerprint())
+    settled, typical = _earlier_results(output, request)
     walk = _Walk()
     rng = random.Random(0)  # the same sample every time for the same input
     asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
@@ -106,7 +123,7 @@ def estimate_job(
         dedupe=request.dedupes,
         images=walk.images,
         remote_images=walk.remote_images,
-        image_max_edge=request.image_max_edge,
+        image_max_edge=request.image_edge,
         image_max_pixels=request.image_max_pixels,
         largest_image=walk.largest,
         mean_image_pixels=walk.pixels // walk.images if walk.images else 0,
@@ -121,6 +138,9 @@ def estimate_job(
         priced_as=describe_price(price, request.model),
         exact=exact,
         cache_ttl=request.cache_ttl,
+        example_turns=len(request.examples),
+        example_tokens=walk.example_tokens,
+        model_facts=facts.source,
     )
 
 
@@ -143,7 +163,7 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
     )
 
 
-def _earlier_results(output: Path, fingerprint: str) -> tuple[dict[str, str], tuple[float, str] | None]:
+def _earlier_results(output: Path, request: RequestSpec) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
     Read without writing anything: journals of an interrupted run count too. Uses the default retry
@@ -155,9 +175,11 @@ def _earlier_results(output: Path, fingerprint: str) -> tuple[dict[str, str], tu
     if frame is None or frame.is_empty():
         return {}, None
     try:
-        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy())
+        settled = settled_rows(frame.lazy(), request, RerunPolicy())
+        legacy = request.legacy_fingerprint()
+        fingerprints = [request.fingerprint(), *([legacy] if legacy else [])]
         answered = frame.filter(
-            (pl.col("request_fingerprint") == fingerprint)
+            pl.col("request_fingerprint").is_in(fingerprints)
             & (pl.col("status") == "ok")
             & (pl.col("output_tokens") > 0)
         )
@@ -195,6 +217,12 @@ async def _walk_rows(
         _count_request(walk, prepared, rng, sample)
 
     load = offline_loader(request.image_root, remote)
+    if request.examples:
+        prefix = await prepare_examples(request)
+        text = "".join(turn.text for turn in request.examples)
+        walk.example_tokens = text_tokens(text, request.model) + sum(
+            image_tokens(image.width, image.height, request.model) for image in prefix.images
+        )
     await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
 
 
@@ -214,7 +242,7 @@ def _count_request(walk: _Walk, prepared: Prepared, rng: random.Random, sample: 
         walk.seen.add(key)
     walk.requests += 1
     images = prepared.images
-    tokens: RequestTokens = request_tokens(payload, images)
+    tokens: RequestTokens = request_tokens(payload, images, prepared.prefix_images)
     walk.text += tokens.text
     walk.prefix += tokens.prefix
     walk.image_tokens += tokens.images

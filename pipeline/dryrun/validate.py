@@ -1,15 +1,20 @@
 """``pipeline validate``: checks a job and every input row without sending anything.
 
 Owns: the offline walk over the input (image cells load and pass the image rules, templates render,
-the request is within the API's size limits). URLs are not fetched (no network); they are counted
-and left for the run to check, so a row's size is checked without them.
+the request is within the API's size limits), after the job's check against its model's rules
+(:mod:`pipeline.job.rules`, with a cached ``/v1/models`` answer or the shipped table: no request).
+URLs are not fetched (no network); they are counted and left for the run to check, so a row's size
+is checked without them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from pipeline.api.models import offline_model_facts
+from pipeline.job.rules import check_job, job_warnings, plan_request
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
@@ -25,12 +30,21 @@ class ValidationReport:
     images: int = 0
     remote_images: int = 0
     problems: list[str] = field(default_factory=list)
+    model_facts: str = ""  # where the model's rules came from
+    notes: list[str] = field(default_factory=list)  # worth saying, not refused (a deprecated model)
 
 
 def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
-    """Open the input (InputError if the job cannot run) and check every row offline."""
+    """Check the job against its model, open the input (InputError if the job cannot run) and check
+    every row offline.
+
+    :raises SpecError: the job breaks its model's rules.
+    """
+    facts = offline_model_facts(spec, Path(spec.output))
+    check_job(spec, facts)
+    spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
     table = open_job_input(spec, input_pattern)
-    report = ValidationReport()
+    report = ValidationReport(model_facts=facts.source, notes=job_warnings(spec, facts))
 
     def remote() -> None:
         report.remote_images += 1
