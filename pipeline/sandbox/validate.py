@@ -43,6 +43,7 @@ MESSAGES_KEYS = frozenset({"model", "max_tokens", "messages"}) | _OPTIONAL
 # count_tokens takes fewer parameters (SDK message_count_tokens_params): no sampling, no stream, no max_tokens
 COUNT_TOKENS_KEYS = frozenset({
     "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "cache_control",
+    "speed",
 })  # fmt: skip
 
 _BLOCK_KEYS = {

@@ -420,3 +420,46 @@ def test_extra_body_fields_and_beta_headers_reach_the_api(tmp_path: Path) -> Non
         "request.extra: extra.temperature: the job sets temperature through request.temperature"
         in refused.output
     )
+
+
+def test_results_of_the_previous_version_stay_valid_through_a_raised_max_tokens(tmp_path: Path) -> None:
+    """Output of the previous version (old columns and fingerprint) is not paid again, at any max_tokens."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.job.spec import load_job
+    from pipeline.payloads.prepare import open_job_input
+    from pipeline.records import Reply, Result, Usage
+    from pipeline.results.schema import output_schema, result_record
+    from pipeline.rows.reader import iter_rows
+
+    job = _job(tmp_path, rows=4, max_tokens=50)
+    spec = load_job(job)
+    legacy = spec.request.legacy_fingerprint()
+    assert legacy is not None
+    table = open_job_input(spec, spec.input)
+    schema = output_schema(table.arrow_schema)
+    old = pa.schema([f for f in schema if f.name not in ("thinking", "refusal_category", "max_tokens")])
+    records = []
+    for sourced in iter_rows(table):
+        row = sourced.row  # its cells' hash is the one the previous version wrote
+        reply = Reply("claude-haiku-4-5", f"old answer {row.index}", (), "end_turn", Usage(9, 4), "m", "r")
+        result = Result(row, "ok", datetime.now(UTC), legacy, reply=reply, attempts=1)
+        records.append({k: v for k, v in result_record(result, schema).items() if k in old.names})
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.Table.from_pylist(records, schema=old), tmp_path / "out" / "results.parquet")
+    with running_sandbox() as sandbox:
+        same = invoke(["run", str(job), "--base-url", sandbox.base_url])
+        assert same.exit_code == 0, same.output
+        raised = invoke(["run", str(_job(tmp_path, rows=4, max_tokens=500)), "--base-url", sandbox.base_url])
+        assert raised.exit_code == 0, raised.output
+        assert sandbox.stats()["requests_total"] == 0
+    frame = _results(tmp_path)
+    assert frame["response_text"].to_list() == [f"old answer {i}" for i in range(4)]
+    assert (
+        frame["max_tokens"].to_list() == [50] * 4
+    )  # what they were sent with, learnt from the old fingerprint
+    assert frame["request_fingerprint"].n_unique() == 1
+    assert frame["request_fingerprint"][0] == spec.request.fingerprint()
