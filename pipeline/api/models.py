@@ -14,7 +14,10 @@ came from (``ModelFacts.source``):
   cached answer however old, then to the table, and says so.
 
 :func:`offline_model_facts` is what ``validate`` and ``estimate`` use: never a request; the cached
-answer for the job's base URL when there is one, else the table. The key travels only in the
+answer for the job's base URL when there is one, else the table. :func:`checked_job` and
+:func:`checked_job_offline` are what every command calls before anything is sent: the facts, the
+job checked against them (:mod:`pipeline.job.rules`, a ``SpecError`` for the first problem, the
+warnings logged) and the job with its answer mechanism decided for the model. The key travels only in the
 request headers built by :class:`~pipeline.api.config.ClientConfig`; the cache holds the answer body,
 the server URL and the time, never a header.
 """
@@ -42,6 +45,7 @@ from pipeline.atomic import write_text
 from pipeline.catalog.capabilities import facts_from_model_info
 from pipeline.catalog.models import ModelFacts, model_facts, model_table
 from pipeline.errors import ApiError, FatalApiError, OutputError, PermanentApiError, SpecError
+from pipeline.job.rules import check_job, job_warnings, plan_request
 
 if TYPE_CHECKING:
     from pipeline.job.spec import JobSpec
@@ -53,6 +57,33 @@ MAX_AGE_S = 24 * 3600.0  # an answer older than a day is asked again
 # the model's facts are worth a short wait, not a run's worth of retries: past this the table stands in
 MAX_ATTEMPTS = 3
 MAX_TOTAL_S = 60.0
+
+
+async def checked_job(
+    spec: JobSpec,
+    config: ClientConfig,
+    output: Path,
+    *,
+    mode: str = "realtime",
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[JobSpec, ModelFacts]:
+    """A run's job checked against its model's facts (from :func:`run_model_facts`), ready to send.
+
+    :raises SpecError: the job breaks one of the model's rules, or the model does not exist.
+    """
+    facts = await run_model_facts(spec, config, output, transport=transport)
+    check_job(spec, facts, mode=mode)
+    for note in job_warnings(spec, facts):
+        log.warning("%s", note)
+    return spec.model_copy(update={"request": plan_request(spec.request, facts)}), facts
+
+
+def checked_job_offline(spec: JobSpec, output: Path | None) -> tuple[JobSpec, ModelFacts]:
+    """``validate`` and ``estimate``: the job checked against the cached answer or the table (the
+    warnings, :func:`pipeline.job.rules.job_warnings`, are the caller's to show)."""
+    facts = offline_model_facts(spec, output)
+    check_job(spec, facts)
+    return spec.model_copy(update={"request": plan_request(spec.request, facts)}), facts
 
 
 def table_facts(spec: JobSpec, why: str = "") -> ModelFacts:

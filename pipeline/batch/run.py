@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
-from pipeline.api.models import run_model_facts
+from pipeline.api.models import checked_job
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -47,7 +47,6 @@ from pipeline.errors import (
     PermanentApiError,
     RowError,
 )
-from pipeline.job.rules import check_job, job_warnings, plan_request
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Result, Row, Summary
@@ -79,11 +78,8 @@ async def run_batch(
     facts_source = ""
     if spec is not None:
         # refused up front, never per row (or hours later, in a batch's results)
-        facts = await run_model_facts(spec, options.client_config(), options.output, transport=transport)
-        check_job(spec, facts, mode="batch")
-        for note in job_warnings(spec, facts):
-            log.warning("%s", note)
-        spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
+        config = options.client_config()
+        spec, facts = await checked_job(spec, config, options.output, mode="batch", transport=transport)
         facts_source = facts.source
     store = ResultStore(options.output)
     store.prepare()

@@ -22,13 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.api.client import ClientConfig, MessagesClient
-from pipeline.api.models import offline_model_facts
+from pipeline.api.models import checked_job_offline
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.dryrun.costs import TYPICAL_OUTPUT_SHARE, CacheOutlook, Estimate, ExactCheck
 from pipeline.dryrun.validate import row_problem
 from pipeline.errors import OutputError
 from pipeline.job.request import RequestSpec
-from pipeline.job.rules import check_job, plan_request
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import system_text
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_examples, prepare_rows
@@ -91,9 +90,7 @@ def estimate_job(
     :raises SpecError: the job breaks its model's rules (checked offline: a cached ``/v1/models``
         answer in ``output``, else the shipped table).
     """
-    facts = offline_model_facts(spec, output)
-    check_job(spec, facts)
-    spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
+    spec, facts = checked_job_offline(spec, output)
     request = spec.request
     table = open_job_input(spec, input_pattern)
     settled, typical = _earlier_results(output, request)

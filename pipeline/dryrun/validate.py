@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.api.models import offline_model_facts
-from pipeline.job.rules import check_job, job_warnings, plan_request
+from pipeline.api.models import checked_job_offline
+from pipeline.job.rules import job_warnings
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
@@ -40,9 +40,7 @@ def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
 
     :raises SpecError: the job breaks its model's rules.
     """
-    facts = offline_model_facts(spec, Path(spec.output))
-    check_job(spec, facts)
-    spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
+    spec, facts = checked_job_offline(spec, Path(spec.output))
     table = open_job_input(spec, input_pattern)
     report = ValidationReport(model_facts=facts.source, notes=job_warnings(spec, facts))
 

@@ -83,7 +83,7 @@ def job_warnings(spec: JobSpec, facts: ModelFacts) -> list[str]:
             f" ({', '.join(versions.known)}); its rules are not checked"
         )
     if facts.lifecycle == "deprecated":
-        when = f", retiring on {facts.retires_at}" if facts.retires_at else ""
+        when = f" (retirement scheduled for {facts.retires_at})" if facts.retires_at else ""
         notes.append(f"{model} is deprecated{when} ({facts.source}); plan a move to a current model")
     elif facts.lifecycle == "retired" and not _live(facts):
         notes.append(

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
-from pipeline.api.models import run_model_facts
+from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
-from pipeline.job.rules import check_job, job_warnings, plan_request
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
@@ -159,11 +158,7 @@ async def run_job(
     started = time.monotonic()
     config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
     # refused up front, never per row: the model's facts (GET /v1/models, or the shipped table)
-    facts = await run_model_facts(spec, config, options.output, transport=transport)
-    check_job(spec, facts)
-    for note in job_warnings(spec, facts):
-        log.warning("%s", note)
-    spec = spec.model_copy(update={"request": plan_request(spec.request, facts)})
+    spec, facts = await checked_job(spec, config, options.output, transport=transport)
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
