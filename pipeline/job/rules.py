@@ -195,6 +195,8 @@ def _thinking_problems(request: RequestSpec, facts: ModelFacts, *, thinks: bool)
 
 def _thinking_fix(kind: str, facts: ModelFacts) -> str:
     accepted = facts.thinking
+    if accepted == ("adaptive",) and not facts.thinks_by_default():
+        return 'remove request.thinking (left out, the model does not think), or use type = "adaptive"'
     if accepted == ("adaptive",):
         return (
             "remove request.thinking: thinking is always on there"
