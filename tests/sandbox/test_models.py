@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -212,3 +216,23 @@ def test_structured_output_thinking_refusals_and_truncation_in_answers() -> None
                 assert stop == "max_tokens"
                 assert message["usage"]["output_tokens"] == 300
     assert set(kinds) == {"end_turn", "refusal", "max_tokens"}
+
+
+def test_the_sandbox_command_takes_the_refusal_and_truncation_flags() -> None:
+    """`pipeline sandbox --refusal-rate 1` refuses every answer; `--truncation-rate 1` cuts each short."""
+    for flag, stop in (("--refusal-rate", "refusal"), ("--truncation-rate", "max_tokens")):
+        args = [sys.executable, "-m", "pipeline", "sandbox", "--port", "0", flag, "1"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env) as child:
+            try:
+                assert child.stderr is not None
+                url = child.stderr.readline().rsplit(" ", 1)[1].strip()
+                answer = httpx.post(url + "/v1/messages", json=body(), headers=HEADERS, timeout=10).json()
+                assert answer["stop_reason"] == stop
+                listed = httpx.get(url + "/v1/models", headers=HEADERS, timeout=10)
+                assert listed.status_code == 200
+                child.send_signal(signal.SIGTERM)
+                assert child.wait(timeout=10) == 0
+            finally:
+                if child.poll() is None:
+                    child.kill()
