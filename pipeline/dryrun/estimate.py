@@ -40,6 +40,7 @@ from pipeline.payloads.tokens import (
 )
 from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
 from pipeline.rows.media import offline_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.wire import MessagePayload
 
@@ -77,23 +78,26 @@ class _Walk:
 
 def estimate_job(
     spec: JobSpec,
-    input_pattern: str,
+    source: InputSource,
     output: Path,
     *,
     limit: int | None = None,
     exact_base_url: str | None = None,
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
+    sandbox_answers: bool = False,
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
 
+    :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
+        being estimated goes to a server on this machine; see ``results.store.settled_rows``).
     :raises SpecError: the job breaks its model's rules (checked offline: a cached ``/v1/models``
         answer in ``output``, else the shipped table).
     """
     spec, facts = checked_job_offline(spec, output)
     request = spec.request
-    table = open_job_input(spec, input_pattern)
-    settled, typical = _earlier_results(output, request)
+    table = open_job_input(spec, source)
+    settled, typical = _earlier_results(output, request, sandbox_answers)
     walk = _Walk()
     rng = random.Random(0)  # the same sample every time for the same input
     asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
@@ -160,7 +164,9 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
     )
 
 
-def _earlier_results(output: Path, request: RequestSpec) -> tuple[dict[str, str], tuple[float, str] | None]:
+def _earlier_results(
+    output: Path, request: RequestSpec, sandbox_answers: bool
+) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
     Read without writing anything: journals of an interrupted run count too. Uses the default retry
@@ -172,7 +178,7 @@ def _earlier_results(output: Path, request: RequestSpec) -> tuple[dict[str, str]
     if frame is None or frame.is_empty():
         return {}, None
     try:
-        settled = settled_rows(frame.lazy(), request, RerunPolicy())
+        settled = settled_rows(frame.lazy(), request, RerunPolicy(), sandbox_answers=sandbox_answers)
         legacy = request.legacy_fingerprint()
         fingerprints = [request.fingerprint(), *([legacy] if legacy else [])]
         answered = frame.filter(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.api.models import checked_job_offline
 from pipeline.job.rules import job_warnings
@@ -19,6 +20,7 @@ from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
 from pipeline.rows.media import offline_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 
 
@@ -30,19 +32,42 @@ class ValidationReport:
     images: int = 0
     remote_images: int = 0
     problems: list[str] = field(default_factory=list)
+    source: str = ""  # the job checked (its file), for the text
     model_facts: str = ""  # where the model's rules came from
     notes: list[str] = field(default_factory=list)  # worth saying, not refused (a deprecated model)
 
+    def text(self, show: int = 20) -> str:
+        """What ``pipeline validate`` prints: notes, the first ``show`` problems, then the counts and
+        where the model's rules came from."""
+        lines = [f"pipeline: {note}" for note in self.notes]
+        lines += [f"  {problem}" for problem in self.problems[:show]]
+        if len(self.problems) > show:
+            lines.append(f"  ... and {len(self.problems) - show} more")
+        lines.append(
+            f"{self.source}: job ok; {self.rows} rows, {self.images} images checked,"
+            f" {len(self.problems)} rows with problems"
+        )
+        if self.model_facts:
+            lines.append(f"model rules: {self.model_facts}")
+        return "\n".join(lines)
 
-def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
+    def __str__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the command's text, not the record's fields."""
+        printer.text(str(self))
+
+
+def validate_job(spec: JobSpec, source: InputSource) -> ValidationReport:
     """Check the job against its model, open the input (InputError if the job cannot run) and check
     every row offline.
 
     :raises SpecError: the job breaks its model's rules.
     """
     spec, facts = checked_job_offline(spec, Path(spec.output))
-    table = open_job_input(spec, input_pattern)
-    report = ValidationReport(model_facts=facts.source, notes=job_warnings(spec, facts))
+    table = open_job_input(spec, source)
+    report = ValidationReport(source=spec.source, model_facts=facts.source, notes=job_warnings(spec, facts))
 
     def remote() -> None:
         report.remote_images += 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.config import is_loopback
 from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
@@ -31,12 +32,13 @@ from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
 from pipeline.results.lock import locked_output
 from pipeline.results.progress import Limits as ProgressLimits
-from pipeline.results.progress import Progress
+from pipeline.results.progress import Progress, View
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore, note_job
 from pipeline.results.summary import ResultTally
 from pipeline.results.verdict import Verdict, judge
 from pipeline.rows.media import online_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
 from pipeline.wire import MessagePayload
@@ -55,13 +57,14 @@ class RunOptions:
 
     base_url: str
     api_key: str
-    input: str
+    input: InputSource
     output: Path
     limit: int | None = None
     fresh: bool = False
     retry: RerunPolicy = field(default_factory=RerunPolicy)
     grace_s: float = 30.0
     progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
+    view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +152,16 @@ class _Recorder:
 
 
 async def run_job(
-    spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec,
+    options: RunOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> RunOutcome:
     """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole.
 
+    :param shutdown: the run's stop handling, for a caller that must ask for a stop itself (a run
+        off the main thread gets no signals); by default one for ``options.grace_s``.
     :raises SpecError: before anything is sent, when the job breaks its model's rules.
     """
     started = time.monotonic()
@@ -162,7 +171,16 @@ async def run_job(
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
-        return await _run_locked(spec, options, store, transport, started, config, facts.source)
+        return await _run_locked(
+            spec,
+            options,
+            store,
+            transport,
+            started,
+            config,
+            facts.source,
+            shutdown or Shutdown(options.grace_s),
+        )
 
 
 async def _run_locked(
@@ -173,6 +191,7 @@ async def _run_locked(
     started: float,
     config: ClientConfig,
     facts_source: str,
+    shutdown: Shutdown,
 ) -> RunOutcome:
     request = spec.request
     fingerprint = request.fingerprint()
@@ -185,7 +204,7 @@ async def _run_locked(
                 "%d rows answered by an earlier version now carry this version's fingerprint", relabelled
             )
     table = open_job_input(spec, options.input)
-    settled = store.settled(request, options.retry)
+    settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
     note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
     recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
@@ -196,7 +215,6 @@ async def _run_locked(
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
-    shutdown = Shutdown(options.grace_s)
     try:
         async with client:
             try:
@@ -213,6 +231,7 @@ async def _run_locked(
                     requests_sent=lambda: client.requests_sent,
                     reading_done=lambda: run.reading_done,
                     live=options.progress,
+                    view=options.view,
                 )
                 await run.pump(options.limit, shutdown)
             except* FatalApiError as group:

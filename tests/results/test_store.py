@@ -100,10 +100,28 @@ def test_settled_rows_respect_fingerprint_and_retry_policy(tmp_path: Path) -> No
     journal.append([_result(0), _result(1, "error"), _result(2, fingerprint="old"), bad_request])
     journal.close()
     store.compact()
-    assert set(store.settled(REQUEST, RerunPolicy())) == {"r0", "r3"}
-    assert set(store.settled(REQUEST, RerunPolicy.parse("all"))) == {"r0"}
-    assert set(store.settled(REQUEST, RerunPolicy.parse("none"))) == {"r0", "r1", "r3"}
-    assert set(store.settled(REQUEST, RerunPolicy.parse("invalid_request_error"))) == {"r0", "r1"}
+    for sandbox_answers in (False, True):  # none of these rows is a sandbox's answer
+        assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=sandbox_answers)) == {"r0", "r3"}
+        every = RerunPolicy.parse("all")
+        assert set(store.settled(REQUEST, every, sandbox_answers=sandbox_answers)) == {"r0"}
+        none = RerunPolicy.parse("none")
+        assert set(store.settled(REQUEST, none, sandbox_answers=sandbox_answers)) == {"r0", "r1", "r3"}
+        invalid = RerunPolicy.parse("invalid_request_error")
+        assert set(store.settled(REQUEST, invalid, sandbox_answers=sandbox_answers)) == {"r0", "r1"}
+
+
+def test_a_sandbox_answer_is_settled_only_for_a_run_that_takes_sandbox_answers(tmp_path: Path) -> None:
+    """A row the sandbox answered (model sandbox:...) stands for local runs, not for one to a real server."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+    from_sandbox = _result(1)
+    from_sandbox = replace(from_sandbox, reply=replace(from_sandbox.reply, model="sandbox:claude-haiku-4-5"))
+    journal.append([_result(0), from_sandbox])
+    journal.close()
+    store.compact()
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=True)) == {"r0", "r1"}
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=False)) == {"r0"}
 
 
 def test_fresh_keeps_previous_results_aside(tmp_path: Path) -> None:
@@ -345,11 +363,12 @@ def test_a_row_cut_off_is_sent_again_only_when_max_tokens_is_raised(tmp_path: Pa
         REQUEST.model_copy(update={"max_tokens": 50}),
     )
     assert same.fingerprint() == higher.fingerprint()
-    assert set(store.settled(same, RerunPolicy())) == {"r0", "r1"}
-    assert set(store.settled(lower, RerunPolicy())) == {"r0", "r1"}
-    assert set(store.settled(higher, RerunPolicy())) == {"r0"}  # the completed row is never sent again
-    assert set(store.settled(higher, RerunPolicy.parse("none"))) == {"r0"}  # its request changed
-    assert set(store.settled(same, RerunPolicy.parse("max_tokens"))) == {"r0"}
+    assert set(store.settled(same, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1"}
+    assert set(store.settled(lower, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1"}
+    # the completed row is never sent again; the cut-off one is, whatever --retry-errors says
+    assert set(store.settled(higher, RerunPolicy(), sandbox_answers=False)) == {"r0"}
+    assert set(store.settled(higher, RerunPolicy.parse("none"), sandbox_answers=False)) == {"r0"}
+    assert set(store.settled(same, RerunPolicy.parse("max_tokens"), sandbox_answers=False)) == {"r0"}
 
 
 def test_results_of_an_earlier_version_are_adopted_once_and_survive_a_raised_max_tokens(
@@ -373,7 +392,7 @@ def test_results_of_an_earlier_version_are_adopted_once_and_survive_a_raised_max
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(old_fields)), tmp_path / "results.parquet")
     store = ResultStore(tmp_path)
-    assert set(store.settled(REQUEST, RerunPolicy())) == {"r0", "r1", "r2"}
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1", "r2"}
     assert store.adopt_legacy(REQUEST) == 3
     frame = pl.read_parquet(tmp_path / "results.parquet")
     assert frame["request_fingerprint"].to_list() == [FP] * 3
@@ -381,4 +400,4 @@ def test_results_of_an_earlier_version_are_adopted_once_and_survive_a_raised_max
     assert frame["response_text"].to_list() == ["answer 0", "answer 1", "answer 2"]
     assert store.adopt_legacy(REQUEST) == 0  # nothing left to adopt: the file is not rewritten again
     raised = REQUEST.model_copy(update={"max_tokens": 500})
-    assert set(store.settled(raised, RerunPolicy())) == {"r0", "r1", "r2"}
+    assert set(store.settled(raised, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1", "r2"}
