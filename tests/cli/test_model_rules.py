@@ -33,6 +33,11 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
         "claude-opus-5 does not accept request.temperature; remove it",
     ),
     (
+        "sampling-pair",
+        {"model": "claude-haiku-4-5", "temperature": 0.2, "top_p": 0.9},
+        "claude-haiku-4-5 takes request.temperature or request.top_p, not both; remove one",
+    ),
+    (
         "forced-tool",
         {"model": "claude-fable-5-1", "tools": [TOOL], "tool_choice": {"type": "tool", "name": "rec"}},
         "claude-fable-5-1 cannot force a tool (request.tool_choice); use request.output_config.format",
@@ -41,6 +46,15 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
         "thinking-type",
         {"model": "claude-fable-5-1", "thinking": {"type": "disabled"}},
         'claude-fable-5-1 does not accept request.thinking.type = "disabled"; remove request.thinking',
+    ),
+    (
+        "thinking-manual",
+        {
+            "model": "claude-fable-5-1",
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "max_tokens": 4000,
+        },
+        'claude-fable-5-1 does not accept request.thinking.type = "enabled"; remove request.thinking',
     ),
     (
         "thinking-forbids-forcing",
