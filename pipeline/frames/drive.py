@@ -117,8 +117,8 @@ async def run_realtime(spec: JobSpec, run: Request) -> RunOutcome:
 
 async def run_batches(spec: JobSpec, run: Request) -> BatchOutcome:
     """``pipeline run --mode batch --wait``: submit, wait, collect, print the summary, raise as it exits."""
-    from pipeline.batch.options import BatchOptions
     from pipeline.api.config import job_betas
+    from pipeline.batch.options import BatchOptions
     from pipeline.batch.run import run_batch
     from pipeline.batch.summary import batch_text
 
