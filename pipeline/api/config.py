@@ -46,6 +46,7 @@ class ClientConfig:
     api_key: str = field(repr=False)
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
+    betas: tuple[str, ...] = ()  # sent as anthropic-beta, comma-joined
     timeout_s: float = 120.0
     max_attempts: int = 8
     concurrency: int = 16
@@ -54,8 +55,6 @@ class ClientConfig:
     output_tokens_per_minute: float | None = None
     max_retry_wait_s: float = 120.0
     slow_start: bool = True
-    # anthropic-beta values every request carries (the Files API's, when images travel by file id)
-    betas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -76,13 +75,13 @@ class ClientConfig:
             api_key=api_key,
             auth=spec.api.auth,
             anthropic_version=spec.api.anthropic_version,
+            betas=job_betas(spec),
             timeout_s=limits.timeout_s,
             max_attempts=limits.max_attempts,
             concurrency=limits.concurrency if concurrency is None else concurrency,
             requests_per_minute=limits.requests_per_minute,
             input_tokens_per_minute=limits.input_tokens_per_minute,
             output_tokens_per_minute=limits.output_tokens_per_minute,
-            betas=job_betas(spec),
         )
 
     @property
@@ -99,7 +98,7 @@ class ClientConfig:
         return RetryPolicy(max_attempts=self.max_attempts, max_wait_s=self.max_retry_wait_s)
 
     def headers(self, *, accept: str = "application/json") -> dict[str, str]:
-        """The headers of one API request: version, accept and the key (nowhere else does it go)."""
+        """The headers of one API request: version, betas, accept and the key (nowhere else does it go)."""
         headers = {"anthropic-version": self.anthropic_version, "accept": accept}
         if self.betas:
             headers["anthropic-beta"] = ",".join(self.betas)
@@ -139,8 +138,10 @@ class ClientConfig:
 
 
 def job_betas(spec: JobSpec) -> tuple[str, ...]:
-    """The ``anthropic-beta`` values a job's requests need: the Files API's when images go by file id."""
-    return (FILES_API_BETA,) if spec.request.image_transport == "files" else ()
+    """The ``anthropic-beta`` values a job's requests carry: ``[api] beta``, and the Files API's when
+    images go by file id."""
+    files = (FILES_API_BETA,) if spec.request.image_transport == "files" else ()
+    return tuple(dict.fromkeys((*spec.api.beta, *files)))
 
 
 def is_loopback(base_url: str) -> bool:

@@ -33,7 +33,7 @@ class BatchOptions:
     anthropic_version: str = "2023-06-01"
     timeout_s: float = 120.0
     max_attempts: int = 8
-    betas: tuple[str, ...] = ()  # anthropic-beta values (the Files API's, for file sources)
+    betas: tuple[str, ...] = ()  # anthropic-beta values ([api] beta, the Files API's for file sources)
     storage: StorageSpec | None = None  # [storage], for an object-storage output
 
     def client_config(self) -> ClientConfig:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.api.config import is_loopback
 from pipeline.api.files import FilesApi
+from pipeline.api.models import checked_job
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -53,7 +54,7 @@ from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.transport import Transport, transport_for
 from pipeline.records import Result, Row, Summary
 from pipeline.results.journal import Journal
-from pipeline.results.outputs import open_output
+from pipeline.results.outputs import cache_folder, open_output
 from pipeline.results.schema import output_schema
 from pipeline.results.store import ResultStore
 from pipeline.results.uploads import FileMap, FilesTransport
@@ -81,16 +82,32 @@ async def run_batch(
     """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
 
     :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
+    :raises SpecError: before anything is sent, when ``spec`` breaks its model's rules.
     """
     started = time.monotonic()
     settings = spec.storage if spec is not None else options.storage
+    facts_source = ""
+    if spec is not None:
+        # refused up front, never per row (or hours later, in a batch's results)
+        config = options.client_config()
+        spec, facts = await checked_job(
+            spec, config, cache_folder(options.output, settings), mode="batch", transport=transport
+        )
+        facts_source = facts.source
     storage = ObjectStorage(StorageSettings.from_spec(settings))
     try:
         store = open_output(options.output, storage, settings)
         store.prepare()
         with store.locked():
             return await _run_held(
-                spec, options, store, storage, transport, started, shutdown or Shutdown(options.grace_s)
+                spec,
+                options,
+                store,
+                storage,
+                transport,
+                started,
+                shutdown or Shutdown(options.grace_s),
+                facts_source,
             )
     finally:
         storage.close()
@@ -104,6 +121,7 @@ async def _run_held(
     transport: httpx.AsyncBaseTransport | None,
     started: float,
     shutdown: Shutdown,
+    facts_source: str,
 ) -> BatchOutcome:
     batch_log = BatchLog(store.directory, on_write=store.sync)
     batch_log.remove_spools()
@@ -117,8 +135,11 @@ async def _run_held(
         store.start_fresh()
     else:
         store.compact()
+        if spec is not None:
+            store.adopt_legacy(spec.request)
     async with BatchesApi(options.client_config(), transport=transport) as api:
         engine = _Engine(store, batch_log, api, spec, options, storage, transport)
+        engine.facts_source = facts_source
         return await engine.run(started, shutdown)
 
 
@@ -181,6 +202,7 @@ class _Engine:
         self.collector = Collector(store, batch_log, api, self.tally)
         self.settings = spec.batch if spec is not None else _stored_settings(batch_log)
         self.notes: list[str] = []
+        self.facts_source = ""  # where the model's rules came from (the summary says)
         self.stop = asyncio.Event()
         self.submitted: list[Submission] = []
         self.submitted_rows = 0  # rows in submitted batches, followers (dedupe) included
@@ -361,10 +383,11 @@ class _Engine:
         table = open_job_input(spec, options.input, self.storage)
         fingerprint = spec.request.fingerprint()
         settled = self.store.settled(
-            fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
+            spec.request, options.retry, sandbox_answers=is_loopback(options.base_url)
         )
         pending = pending_row_ids(self.log, self.log.submissions())
-        prior = prior_attempts(self.store, fingerprint)
+        legacy = spec.request.legacy_fingerprint()
+        prior = prior_attempts(self.store, [fingerprint, *([legacy] if legacy else [])])
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))
         submitter = Submitter(
             self.log,
@@ -463,6 +486,7 @@ class _Engine:
             attempts=0,
             error_type=failure.error_type,
             error_message=str(failure),
+            max_tokens=self.spec.request.max_tokens if self.spec is not None else None,
         )
         if self._journal is None:
             self._journal = self.store.new_journal(schema)
@@ -510,6 +534,7 @@ class _Engine:
             cost_usd=price.cost_usd(usage, batch=True, cache_ttl=ttl) if price is not None else None,
             priced_as=priced_as,
             rows_shared=tally.shared,
+            model_facts=self.facts_source,
         )
         return BatchOutcome(
             summary=summary,

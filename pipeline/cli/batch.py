@@ -146,7 +146,11 @@ def _stored_options(output: Path | str, base_url: str | None, **extra: Any) -> A
         output=output,
         auth=stored.get("auth") or "x-api-key",
         anthropic_version=str(stored.get("anthropic_version") or "2023-06-01"),
-        betas=("files-api-2025-04-14",) if files else (),
+        betas=tuple(
+            dict.fromkeys(
+                [str(name) for name in stored.get("beta") or ()] + (["files-api-2025-04-14"] if files else [])
+            )
+        ),
         **extra,
     )
 

@@ -39,7 +39,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.api.config import is_loopback
+from pipeline.api.config import ClientConfig, is_loopback
+from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.cluster.limiter import LimiterSettings, LimiterStats, create_limiter
 from pipeline.cluster.output import output_target
@@ -56,7 +57,7 @@ from pipeline.payloads.tokens import cache_shortfall
 from pipeline.realtime.run import RunOptions, RunOutcome
 from pipeline.records import Summary, Usage
 from pipeline.results.journal import iter_journal
-from pipeline.results.outputs import is_remote_output, open_output
+from pipeline.results.outputs import cache_folder, is_remote_output, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress
 from pipeline.results.recorder import RunTally
@@ -112,6 +113,9 @@ async def run_on_ray(spec: JobSpec, options: RunOptions, cluster: ClusterOptions
             'image_transport = "files" is not supported with --engine ray (the uploads are one run\'s'
             ' record); use "base64" or "url", or the local engine'
         )
+    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
+    # refused up front, never per row: the model's facts (GET /v1/models, or the shipped table)
+    spec, _ = await checked_job(spec, config, cache_folder(options.output, spec.storage))
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
         store = open_output(options.output, storage, spec.storage)
@@ -173,18 +177,21 @@ class _ClusterRun:
     async def run(self) -> RunOutcome:
         spec, options, store = self.spec, self.options, self.store
         request = spec.request
-        fingerprint = request.fingerprint()
         if options.fresh:
             store.start_fresh()
         else:
             store.compact()  # folds in what an earlier, interrupted run journalled (either engine's)
+            if relabelled := store.adopt_legacy(request):
+                log.info(
+                    "%d rows answered by an earlier version now carry this version's fingerprint", relabelled
+                )
         table = open_job_input(spec, options.input, self.storage)
         store.note_job(spec, options.input)
         schema = output_schema(table.arrow_schema, request)
         if request.cache and (note := cache_shortfall(request)):
             log.warning("%s", note)
         pieces, total = plan_reads(table, options.limit, self.storage)
-        settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
+        settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
         self.tally.to_do = max(0, total - len(settled))  # the progress's total; exact as rows come back
         key, key_env = key_source(
             spec.api.api_key_env, options.api_key, local=starts_local(self.cluster.address)
@@ -224,7 +231,7 @@ class _ClusterRun:
         self._limiter = create_limiter(LimiterSettings.for_job(spec))
         reads = ReadRule(
             output,
-            spec.request.fingerprint(),
+            spec.request,
             options.retry,
             sandbox_answers=is_loopback(options.base_url),
             block_rows=_block_rows(self.tally.to_do, sizing.workers, concurrency),

@@ -18,11 +18,10 @@ that small surface, with two implementations:
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
 from pipeline.job.spec import StorageSpec
 from pipeline.records import Result
 from pipeline.results.outputs import is_remote_output
@@ -56,7 +56,7 @@ class OutputTarget(Protocol):
     def open_journal(self, schema: pa.Schema, *, writer: str) -> JournalWriter:
         """A new journal for one sender; ``writer`` names it apart from every other sender's."""
 
-    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
+    def settled(self, request: RequestSpec, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
         """The rerun rule's settled rows (row_id -> row hash), read once per worker process.
 
         :param sandbox_answers: whether the sandbox's answers count (a run to a loopback server).
@@ -79,23 +79,32 @@ class DirectoryTarget:
     def open_journal(self, schema: pa.Schema, *, writer: str) -> JournalWriter:
         return ResultStore(self.directory).new_journal(schema, writer=writer)
 
-    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
+    def settled(self, request: RequestSpec, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
         path = ResultStore(self.directory).results_path
         try:
             info = path.stat()
         except FileNotFoundError:
             return {}
         stamp = (info.st_mtime_ns, info.st_size)
-        return _settled_file(self.directory, stamp, fingerprint, retry, sandbox_answers)
+        key = (str(self.directory), stamp, request.fingerprint(), retry, sandbox_answers)
+        return _cached(
+            key, lambda: ResultStore(self.directory).settled(request, retry, sandbox_answers=sandbox_answers)
+        )
 
 
-@functools.lru_cache(maxsize=2)
-def _settled_file(
-    directory: Path, stamp: tuple[int, int], fingerprint: str, retry: RerunPolicy, sandbox_answers: bool
-) -> dict[str, str]:
-    """Cached per process by the file's identity: every read task of a worker process shares one read."""
-    del stamp  # part of the cache key only
-    return ResultStore(directory).settled(fingerprint, retry, sandbox_answers=sandbox_answers)
+_CACHE: dict[tuple[object, ...], dict[str, str]] = {}
+
+
+def _cached(key: tuple[object, ...], read: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """Settled rows, read once per worker process and results version (``key``): every read task of a
+    worker process shares one read; the last two versions are kept."""
+    found = _CACHE.get(key)
+    if found is None:
+        found = read()
+        while len(_CACHE) >= 2:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = found
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,7 @@ class ObjectTarget:
         )
         return SegmentJournalWriter(journal, client, uploaded)
 
-    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
+    def settled(self, request: RequestSpec, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
         from pipeline.rows.storage import ObjectNotFound, ObjectStorage, ObjectStoreError, StorageSettings
 
         url = f"{self.url}/{RESULTS_FILE}"
@@ -145,24 +154,23 @@ class ObjectTarget:
         finally:
             client.close()
         version = info.e_tag or str(info.size)
-        return _settled_object(settings, url, version, fingerprint, retry, sandbox_answers)
+        key = (url, version, request.fingerprint(), retry, sandbox_answers)
+        return _cached(key, lambda: _settled_object(settings, url, request, retry, sandbox_answers))
 
 
-@functools.lru_cache(maxsize=2)
 def _settled_object(
-    settings: object, url: str, version: str, fingerprint: str, retry: RerunPolicy, sandbox_answers: bool
+    settings: object, url: str, request: RequestSpec, retry: RerunPolicy, sandbox_answers: bool
 ) -> dict[str, str]:
-    """Cached per process by the object's version: every read task of a worker process shares one read."""
+    """The settled rows of the bucket's results.parquet, from a copy in a temporary folder."""
     from pipeline.rows.storage import ObjectStorage, ObjectStoreError, StorageSettings
 
     assert isinstance(settings, StorageSettings)
-    del version  # part of the cache key only
     client = ObjectStorage(settings)
     try:
         with tempfile.TemporaryDirectory(prefix="pipeline-settled-") as folder:
             copy = ResultStore(Path(folder))
             client.download(url, copy.results_path)
-            return copy.settled(fingerprint, retry, sandbox_answers=sandbox_answers)
+            return copy.settled(request, retry, sandbox_answers=sandbox_answers)
     except ObjectStoreError as exc:
         raise OutputError(f"cannot read {url}: {exc}") from None
     finally:

@@ -4,7 +4,7 @@ Each sender is one worker process with its own :class:`~pipeline.api.client.Mess
 inside the actor's event loop on its first batch, and admitted by the cluster's one limiter
 (:mod:`pipeline.cluster.limiter`). A batch's rows are prepared where they are (images decoded and
 shrunk on this worker, on as many threads as the worker has CPUs), sent, sent again while a tool
-input breaks its schema (:func:`~pipeline.api.conforming.send_conforming`), and each result is
+input breaks its schema (:func:`~pipeline.results.conforming.send_conforming`), and each result is
 journalled the moment it exists (:class:`~pipeline.results.recorder.Recorder`), exactly as a local
 run records it. A result is reported to the run's registry only once it is in the journal. Images and
 documents in object storage are fetched by the worker, with the credentials of its own environment.
@@ -31,7 +31,6 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.api.client import ClientConfig, MessagesClient
-from pipeline.api.conforming import send_conforming
 from pipeline.catalog.providers import PUBLIC_KEYS
 from pipeline.cluster.limiter import FatalReport, SendingStopped, SharedBudgets, SharedGate
 from pipeline.cluster.output import JournalWriter, OutputTarget, SegmentJournalWriter, writer_name
@@ -42,6 +41,7 @@ from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, prepare_rows
 from pipeline.payloads.transport import transport_for
 from pipeline.records import Result
+from pipeline.results.conforming import send_conforming
 from pipeline.results.recorder import Recorder, answered_result, error_result
 from pipeline.rows.media import online_loader
 from pipeline.rows.reader import SourcedRow
@@ -239,7 +239,7 @@ class Sending:
             earlier = await plan.registry.begin.remote([sourced.row.row_id for sourced in rows])
         todo = [sourced for sourced in rows if sourced.row.row_id not in earlier]
         results: list[Result] = []
-        recorder = Recorder(_BatchSink(self, results), self.fingerprint)
+        recorder = Recorder(_BatchSink(self, results), self.fingerprint, max_tokens=self.request.max_tokens)
         loader = online_loader(
             self.client.http,
             root=self.request.image_root,
@@ -307,7 +307,7 @@ class Sending:
         assert prepared.payload is not None
         row = prepared.row
         try:
-            sent, violation = await send_conforming(
+            sent, verdict = await send_conforming(
                 self.client,
                 self.request,
                 prepared.payload,
@@ -322,11 +322,16 @@ class Sending:
             self.plan.limiter.stop.remote(f"{exc}", self.fatal)
             return None
         except ApiError as exc:
-            return error_result(row, exc.error_type, str(exc), exc.attempts, self.fingerprint)
+            return error_result(
+                row, exc.error_type, str(exc), exc.attempts, self.fingerprint, self.request.max_tokens
+            )
         except Exception as exc:  # the worker boundary: one row's surprise must not end the run
             log.exception("unexpected error on row %s", row.row_id)
-            return error_result(row, type(exc).__name__, str(exc) or type(exc).__name__, 1, self.fingerprint)
-        return answered_result(row, sent, self.fingerprint, violation)
+            message = str(exc) or type(exc).__name__
+            return error_result(
+                row, type(exc).__name__, message, 1, self.fingerprint, self.request.max_tokens
+            )
+        return answered_result(row, sent, self.fingerprint, verdict, self.request.max_tokens)
 
     def journalled(self, results: Sequence[Result]) -> None:
         """Results are in the journal: tell the registry (once per turn of the loop)."""

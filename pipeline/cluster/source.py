@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.cluster.output import OutputTarget
+from pipeline.job.request import RequestSpec
 from pipeline.results.store import RerunPolicy
 from pipeline.rows.reader import InputTable, SourcedRow, count_rows, file_table, iter_rows
 from pipeline.rows.storage import ObjectStorage
@@ -57,7 +58,7 @@ class ReadRule:
     """
 
     output: OutputTarget
-    fingerprint: str
+    request: RequestSpec
     retry: RerunPolicy
     sandbox_answers: bool
     block_rows: int = MAX_BLOCK_ROWS
@@ -92,7 +93,7 @@ def read_piece(piece: ReadPiece, rule: ReadRule) -> Iterator[pa.Table]:
 
     A block also ends after ``SCAN_ROWS`` rows read, so that an input mostly settled yields few blocks.
     """
-    done = rule.output.settled(rule.fingerprint, rule.retry, sandbox_answers=rule.sandbox_answers)
+    done = rule.output.settled(rule.request, rule.retry, sandbox_answers=rule.sandbox_answers)
     kept: list[bytes | None] = []
     skipped = 0
     for sourced in iter_rows(piece.table, limit=piece.limit, first_index=piece.first_index):

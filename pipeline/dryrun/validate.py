@@ -1,20 +1,25 @@
 """``pipeline validate``: checks a job and every input row without sending anything.
 
 Owns: the walk over the input (image and document cells load and pass their rules, templates
-render, the request is within the API's size limits). Offline by default: images and documents
-behind URLs or in object storage are counted, not fetched, and a row's size is checked without
-them; with ``fetch`` they are downloaded and checked like the rest.
+render, the request is within the API's size limits), after the job's check against its model's rules
+(:mod:`pipeline.job.rules`, with a cached ``/v1/models`` answer or the shipped table: no request).
+Offline by default: images and documents behind URLs or in object storage are counted, not fetched,
+and a row's size is checked without them; with ``fetch`` they are downloaded and checked like the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pipeline.api.models import checked_job_offline
+from pipeline.job.rules import job_warnings
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
+from pipeline.results.outputs import is_remote_output
 from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
@@ -32,10 +37,14 @@ class ValidationReport:
     documents: int = 0
     problems: list[str] = field(default_factory=list)
     source: str = ""  # the job checked (its file), for the text
+    model_facts: str = ""  # where the model's rules came from
+    notes: list[str] = field(default_factory=list)  # worth saying, not refused (a deprecated model)
 
     def text(self, show: int = 20) -> str:
-        """What ``pipeline validate`` prints: the first ``show`` problems, then one line of counts."""
-        lines = [f"  {problem}" for problem in self.problems[:show]]
+        """What ``pipeline validate`` prints: notes, the first ``show`` problems, then the counts and
+        where the model's rules came from."""
+        lines = [f"pipeline: {note}" for note in self.notes]
+        lines += [f"  {problem}" for problem in self.problems[:show]]
         if len(self.problems) > show:
             lines.append(f"  ... and {len(self.problems) - show} more")
         unchecked = self.remote_images + self.stored_images
@@ -53,6 +62,8 @@ class ValidationReport:
             f"{self.source}: job ok; {self.rows} rows, {self.images} images{documents} checked{skipped},"
             f" {len(self.problems)} rows with problems"
         )
+        if self.model_facts:
+            lines.append(f"model rules: {self.model_facts}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -64,17 +75,25 @@ class ValidationReport:
 
 
 def validate_job(spec: JobSpec, source: InputSource, *, fetch: bool = False) -> ValidationReport:
-    """Open the input (InputError if the job cannot run) and check every row (offline unless ``fetch``)."""
+    """Check the job against its model, open the input (InputError if the job cannot run) and check
+    every row (offline unless ``fetch``).
+
+    :raises SpecError: the job breaks its model's rules.
+    """
+    spec, facts = checked_job_offline(spec, None if is_remote_output(spec.output) else Path(spec.output))
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
         table = open_job_input(spec, source, storage)
-        return asyncio.run(_walk(spec, table, storage, fetch=fetch))
+        notes = job_warnings(spec, facts)
+        report = ValidationReport(source=spec.source, model_facts=facts.source, notes=notes)
+        return asyncio.run(_walk(spec, table, storage, report, fetch=fetch))
     finally:
         storage.close()
 
 
-async def _walk(spec: JobSpec, table: InputTable, storage: ObjectStorage, *, fetch: bool) -> ValidationReport:
-    report = ValidationReport(source=spec.source)
+async def _walk(
+    spec: JobSpec, table: InputTable, storage: ObjectStorage, report: ValidationReport, *, fetch: bool
+) -> ValidationReport:
     request = spec.request
 
     def remote() -> None:

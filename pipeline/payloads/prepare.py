@@ -4,7 +4,9 @@
 built, its size checked); :func:`prepare_rows` walks an input through it: rows read in a worker
 thread, filtered, prepared a bounded number at a time, and each outcome (a payload, or the row's
 error) handed to the caller while its slot is still held. The drivers and the dry runs differ only
-in what they do with each outcome.
+in what they do with each outcome. The few-shot examples (:func:`prepare_examples`) are prepared
+once per walk and shared by every row; an example image that cannot be read stops the job (a
+``SpecError``), since every row would carry it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import DocumentError, ImageError, RowError
+from pipeline.errors import DocumentError, ImageError, RowError, SpecError
 from pipeline.job.request import RequestSpec, template_fields
 from pipeline.job.spec import JobSpec
-from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
+from pipeline.payloads.build import (
+    build_payload,
+    check_request_size,
+    estimate_input_tokens,
+    example_messages,
+    request_key,
+)
 from pipeline.payloads.documents import PreparedDocument, prepare_document
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image, url_image
 from pipeline.payloads.transport import Transport
@@ -28,7 +37,7 @@ from pipeline.rows.cells import MediaItem, cell_items
 from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.rows.storage import ObjectStorage
-from pipeline.wire import MessagePayload
+from pipeline.wire import Message, MessagePayload
 
 log = logging.getLogger("pipeline.run")
 
@@ -47,11 +56,67 @@ INLINE = Transport()
 
 
 @dataclass(frozen=True, slots=True)
+class ExamplePrefix:
+    """The few-shot turns as sent, prepared once: under the usual image policy, and under the
+    more-than-20-images one (used when a row's images and the examples' pass 20 together)."""
+
+    messages: tuple[Message, ...] = ()
+    images: tuple[PreparedImage, ...] = ()
+    many_messages: tuple[Message, ...] = ()
+    many_images: tuple[PreparedImage, ...] = ()
+
+    def pick(self, many: bool) -> tuple[tuple[Message, ...], tuple[PreparedImage, ...]]:
+        """The messages and images to send, for a request that holds more than 20 images or not."""
+        return (self.many_messages, self.many_images) if many else (self.messages, self.images)
+
+
+NO_EXAMPLES = ExamplePrefix()
+
+
+async def prepare_examples(request: RequestSpec) -> ExamplePrefix:
+    """The job's ``[[request.examples]]`` as messages, their images loaded and prepared (in threads).
+
+    :raises SpecError: an example image cannot be read or prepared (every row would fail with it).
+    """
+    if not request.examples:
+        return NO_EXAMPLES
+    policy = ImagePolicy(max_edge=request.image_edge, max_pixels=request.image_max_pixels)
+    usual = await _example_images(request, policy)
+    many = usual
+    if any(usual) and policy.max_edge > policy.for_many_images().max_edge:
+        many = await _example_images(request, policy.for_many_images())
+    return ExamplePrefix(
+        messages=example_messages(request, usual),
+        images=tuple(image for turn in usual for image in turn),
+        many_messages=example_messages(request, many),
+        many_images=tuple(image for turn in many for image in turn),
+    )
+
+
+async def _example_images(request: RequestSpec, policy: ImagePolicy) -> list[list[PreparedImage]]:
+    turns: list[list[PreparedImage]] = []
+    for index, turn in enumerate(request.examples):
+        prepared: list[PreparedImage] = []
+        for path in turn.images:
+            label = f"request.examples.{index}.images {path!r}"
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+                prepared.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+            except OSError as exc:
+                raise SpecError(f"{label}: cannot read it: {exc.strerror or exc}") from None
+            except RowError as exc:
+                raise SpecError(str(exc)) from None
+        turns.append(prepared)
+    return turns
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """One row made ready to send, or the reason it cannot be (``error``; then there is no payload).
 
     :param input_tokens: the high estimate rate limits and size checks use (``build``).
-    :param images: the images as they will be sent, when the walk was asked to keep them.
+    :param images: the row's images as they will be sent, when the walk was asked to keep them.
+    :param prefix_images: the examples' images this request carries, when the walk keeps images.
     :param key: the request key (``build.request_key``), when the walk was asked for keys.
     """
 
@@ -62,6 +127,7 @@ class Prepared:
     images: tuple[PreparedImage, ...] = ()
     key: str | None = None
     error: RowError | None = None
+    prefix_images: tuple[PreparedImage, ...] = ()
 
     @property
     def row(self) -> Row:
@@ -101,11 +167,18 @@ async def prepare_rows(
     with ``error`` set. What ``take`` raises ends the walk.
     """
     gate = asyncio.Semaphore(slots)
+    examples = await prepare_examples(request)
 
     async def one(sourced: SourcedRow) -> None:
         try:
             outcome = await _prepare_one(
-                request, sourced, load, keys=keys, keep_images=keep_images, transport=transport
+                request,
+                sourced,
+                load,
+                keys=keys,
+                keep_images=keep_images,
+                transport=transport,
+                examples=examples,
             )
             await take(outcome)
         finally:
@@ -131,11 +204,17 @@ async def _prepare_one(
     keys: bool,
     keep_images: bool,
     transport: Transport,
+    examples: ExamplePrefix,
 ) -> Prepared:
     images: list[PreparedImage] = []
     try:
         payload, input_tokens, count = await prepare_request(
-            request, sourced, load, prepared=images if keep_images else None, transport=transport
+            request,
+            sourced,
+            load,
+            prepared=images if keep_images else None,
+            transport=transport,
+            examples=examples,
         )
     except RowError as exc:
         return Prepared(sourced, error=exc)
@@ -147,7 +226,8 @@ async def _prepare_one(
     if keys:
         # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
         key = await asyncio.to_thread(request_key, payload) if count else request_key(payload)
-    return Prepared(sourced, payload, input_tokens, count, tuple(images), key)
+    prefix = examples.pick(count + len(examples.images) > MANY_IMAGES)[1] if keep_images else ()
+    return Prepared(sourced, payload, input_tokens, count, tuple(images), key, prefix_images=prefix)
 
 
 def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
@@ -164,7 +244,7 @@ def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:
     """Input columns the job reads, each with what reads it (for the missing-column message)."""
-    users = [
+    users: list[tuple[str, list[str]]] = [
         ("request.prompt", template_fields(request.prompt)),
         ("request.images", request.images),
         ("request.documents", request.documents),
@@ -204,6 +284,7 @@ async def prepare_request(
     *,
     prepared: list[PreparedImage] | None = None,
     transport: Transport = INLINE,
+    examples: ExamplePrefix | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
@@ -211,10 +292,14 @@ async def prepare_request(
     fetches a text cell's bytes, or returns None to leave the image out (``validate`` and
     ``estimate`` fetch no URLs); cells that hold bytes need no loading. ``transport`` says how each
     image and document travels. ``prepared``, when given, receives the images as they will be sent.
+    ``examples`` is the walk's prepared few-shot prefix (prepared here when not given).
     """
+    if examples is None:
+        examples = await prepare_examples(request)
     image_items = media_items(request.images, sourced)
-    policy = ImagePolicy(max_edge=request.image_max_edge, max_pixels=request.image_max_pixels)
-    if len(image_items) > MANY_IMAGES:
+    policy = ImagePolicy(max_edge=request.image_edge, max_pixels=request.image_max_pixels)
+    many = len(image_items) + len(examples.images) > MANY_IMAGES
+    if many:
         policy = policy.for_many_images()
     images: list[PreparedImage] = []
     for column, item in image_items:
@@ -239,8 +324,9 @@ async def prepare_request(
             continue
         document = await asyncio.to_thread(prepare_document, data, label=item.label(column))
         documents.append(await transport.place(document))
-    payload = build_payload(request, sourced.row.values, images, documents)
-    input_tokens = estimate_input_tokens(payload, images, documents)
+    turns, prefix_images = examples.pick(many)
+    payload = build_payload(request, sourced.row.values, images, turns, documents=documents)
+    input_tokens = estimate_input_tokens(payload, [*prefix_images, *images], documents)
     # a request the API would refuse for its size is this row's error, and is never sent
     check_request_size(payload, input_tokens, request.input_token_limit)
     if prepared is not None:

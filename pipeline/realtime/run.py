@@ -2,7 +2,10 @@
 
 Owns: back-pressure (a bounded queue and a bounded number of rows being prepared), skipping rows
 already done, turning a row's failure into an error result, stopping the run on a fatal API error,
-and folding the journal into ``results.parquet`` however the run ends. Builds, parses and formats nothing.
+and folding the journal into ``results.parquet`` however the run ends. Before anything is sent it
+reads the model's facts (``GET /v1/models``, cached, or the shipped table: :mod:`pipeline.api.models`)
+and refuses a job that breaks the model's rules (:mod:`pipeline.job.rules`). Builds, parses and
+formats nothing; whether a reply is a success is :mod:`pipeline.results.verdict`'s to say.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.config import is_loopback
-from pipeline.api.conforming import send_conforming
 from pipeline.api.files import FilesApi
+from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
@@ -27,7 +30,8 @@ from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
 from pipeline.payloads.transport import Transport, transport_for
 from pipeline.records import Row, Summary
-from pipeline.results.outputs import open_output
+from pipeline.results.conforming import send_conforming
+from pipeline.results.outputs import cache_folder, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress, View
 from pipeline.results.recorder import Recorder, RunTally
@@ -96,15 +100,29 @@ async def run_job(
 
     :param shutdown: the run's stop handling, for a caller that must ask for a stop itself (a run
         off the main thread gets no signals); by default one for ``options.grace_s``.
+    :raises SpecError: before anything is sent, when the job breaks its model's rules.
     """
     started = time.monotonic()
+    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
+    # refused up front, never per row: the model's facts (GET /v1/models, or the shipped table)
+    spec, facts = await checked_job(
+        spec, config, cache_folder(options.output, spec.storage), transport=transport
+    )
     storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
     try:
         store = open_output(options.output, storage, spec.storage)
         store.prepare()
         with store.locked():
             return await _run_locked(
-                spec, options, store, storage, transport, started, shutdown or Shutdown(options.grace_s)
+                spec,
+                options,
+                store,
+                storage,
+                transport,
+                started,
+                config,
+                facts.source,
+                shutdown or Shutdown(options.grace_s),
             )
     finally:
         storage.close()
@@ -117,6 +135,8 @@ async def _run_locked(
     storage: ObjectStorage,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
+    config: ClientConfig,
+    facts_source: str,
     shutdown: Shutdown,
 ) -> RunOutcome:
     from pipeline.batch.state import refuse_pending  # the output's mirror is known only now
@@ -128,15 +148,18 @@ async def _run_locked(
         store.start_fresh()
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
+        if relabelled := store.adopt_legacy(request):
+            log.info(
+                "%d rows answered by an earlier version now carry this version's fingerprint", relabelled
+            )
     table = open_job_input(spec, options.input, storage)
-    settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
+    settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
     store.note_job(spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
-    recorder = Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
+    recorder = Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
     if request.cache and (note := cache_shortfall(request)):
         log.warning("%s", note)
     limits = spec.limits
-    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
     price = price_for(request.model, spec.prices)
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
@@ -189,6 +212,7 @@ async def _run_locked(
         cost_usd=price.cost_usd(usage, cache_ttl=request.cache_ttl) if price is not None else None,
         priced_as=describe_price(price, request.model),
         rows_shared=tally.shared,
+        model_facts=facts_source,
     )
     return RunOutcome(
         summary=summary,
@@ -344,7 +368,7 @@ class _Run:
                 continue
             self.in_flight += 1
             try:
-                sent, violation = await send_conforming(
+                sent, verdict = await send_conforming(
                     self.client,
                     self.request,
                     work.payload,
@@ -360,7 +384,7 @@ class _Run:
                 log.exception("unexpected error on row %s", work.row.row_id)
                 self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
             else:
-                self.recorder.answered(work.row, sent, violation)
+                self.recorder.answered(work.row, sent, verdict)
             finally:
                 self.in_flight -= 1
 

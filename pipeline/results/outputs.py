@@ -23,6 +23,18 @@ def is_remote_output(location: str | Path) -> bool:
     return isinstance(location, str) and is_object_url(location)
 
 
+def cache_folder(location: str | Path, spec: StorageSpec | None = None) -> Path:
+    """A local folder for what a run caches beside its output (the model facts): the output itself,
+    or an object-storage output's staging folder on this machine."""
+    if is_remote_output(location):
+        from pipeline.results.remote import staging_folder
+
+        folder = staging_folder(str(location), spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return Path(location)
+
+
 def open_output(
     location: str | Path, storage: ObjectStorage | None = None, spec: StorageSpec | None = None
 ) -> ResultStore:

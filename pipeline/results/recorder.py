@@ -1,10 +1,11 @@
 """Turns each outcome of a row into a result and journals it the moment it exists.
 
-Owns: the :class:`Result` a reply, an error or a shared answer becomes (``ok``, or an error row that
-keeps its tokens when a tool input breaks its schema), and the running counts of a run
-(:class:`RunTally`: results, plus rows to do and rows skipped). Every driver records through it, the
-local sender pool and the cluster's senders alike, so a row's result is the same whichever engine
-sent it. Writes through any sink with ``append`` (a :class:`~pipeline.results.journal.Journal`).
+Owns: the :class:`Result` a reply, an error or a shared answer becomes (``ok``, or an error row of
+the verdict's type that keeps the answer and its tokens; see :mod:`pipeline.results.verdict`), and
+the running counts of a run (:class:`RunTally`: results, plus rows to do and rows skipped). Every
+driver records through it, the local sender pool and the cluster's senders alike, so a row's result
+is the same whichever engine sent it. Writes through any sink with ``append`` (a
+:class:`~pipeline.results.journal.Journal`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.records import Result, Row, Sent
 from pipeline.results.summary import ResultTally
+from pipeline.results.verdict import Verdict
 
 
 class ResultSink(Protocol):
@@ -39,11 +41,19 @@ class Recorder:
 
     :param dedupe: the run's registry of identical requests; a leader's waiting followers are
         journalled in the same batch as the leader.
+    :param max_tokens: what every request of this run is sent with (recorded with each result).
     """
 
-    def __init__(self, journal: ResultSink, fingerprint: str, dedupe: Dedupe | None = None) -> None:
+    def __init__(
+        self,
+        journal: ResultSink,
+        fingerprint: str,
+        dedupe: Dedupe | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         self.journal = journal
         self.fingerprint = fingerprint
+        self.max_tokens = max_tokens
         self.tally = RunTally()
         self.dedupe = dedupe
 
@@ -51,13 +61,13 @@ class Recorder:
         """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
         self.record(shared_result(leader, row))
 
-    def answered(self, row: Row, sent: Sent, violation: str | None = None) -> None:
-        """A reply: ``ok``, or, when its tool input breaks the schema, an error row that keeps its tokens."""
-        self.record(answered_result(row, sent, self.fingerprint, violation))
+    def answered(self, row: Row, sent: Sent, verdict: Verdict | None = None) -> None:
+        """A reply: ``ok``, or an error row of the verdict's type that keeps the answer and its tokens."""
+        self.record(answered_result(row, sent, self.fingerprint, verdict, self.max_tokens))
 
     def error(self, row: Row, error_type: str, message: str, attempts: int) -> None:
         """A row that ends without an answer (no request possible, or every attempt failed)."""
-        self.record(error_result(row, error_type, message, attempts, self.fingerprint))
+        self.record(error_result(row, error_type, message, attempts, self.fingerprint, self.max_tokens))
 
     def record(self, result: Result) -> None:
         """Journal ``result`` (with the followers waiting for it, when it is a leader's) and count it."""
@@ -70,22 +80,27 @@ class Recorder:
             self.tally.add(item)
 
 
-def answered_result(row: Row, sent: Sent, fingerprint: str, violation: str | None = None) -> Result:
-    """The result of a reply: ``ok``, or a ``schema_violation`` error that keeps the reply and its tokens."""
+def answered_result(
+    row: Row, sent: Sent, fingerprint: str, verdict: Verdict | None = None, max_tokens: int | None = None
+) -> Result:
+    """The result of a reply: ``ok``, or an error of the verdict's type keeping the reply and its tokens."""
     return Result(
         row=row,
-        status="ok" if violation is None else "error",
+        status="ok" if verdict is None else "error",
         finished_at=datetime.now(UTC),
         fingerprint=fingerprint,
         reply=sent.reply,
         attempts=sent.attempts,
         latency_ms=round(sent.latency_ms, 1),
-        error_type=None if violation is None else "schema_violation",
-        error_message=violation,
+        error_type=None if verdict is None else verdict.error_type,
+        error_message=None if verdict is None else verdict.message,
+        max_tokens=max_tokens,
     )
 
 
-def error_result(row: Row, error_type: str, message: str, attempts: int, fingerprint: str) -> Result:
+def error_result(
+    row: Row, error_type: str, message: str, attempts: int, fingerprint: str, max_tokens: int | None = None
+) -> Result:
     """The result of a row that got no answer."""
     return Result(
         row=row,
@@ -95,4 +110,5 @@ def error_result(row: Row, error_type: str, message: str, attempts: int, fingerp
         attempts=attempts,
         error_type=error_type,
         error_message=message,
+        max_tokens=max_tokens,
     )

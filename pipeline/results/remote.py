@@ -38,7 +38,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.api.models import CACHE_FILE as MODELS_CACHE
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
 from pipeline.job.spec import StorageSpec
 from pipeline.results.compaction import Fold, remove_files
 from pipeline.results.journal import Journal
@@ -55,7 +57,8 @@ SEGMENTS_KEY = b"pipeline.segments"
 ETAGS_FILE = ".remote-etags.json"
 # what is never mirrored as a side file: the results, the journal, the lease, and local-only state
 _NOT_SIDE_FILES = (RESULTS_FILE, LEASE_NAME, f"{JOURNAL_DIR}/")
-_LOCAL_ONLY = frozenset({".lock", ETAGS_FILE, SEGMENTS_DIR, JOURNAL_DIR})
+# kept on this machine only: the lock, the ETags, staged segments, and the model facts' cache
+_LOCAL_ONLY = frozenset({".lock", ETAGS_FILE, SEGMENTS_DIR, JOURNAL_DIR, MODELS_CACHE})
 
 
 def staging_folder(url: str, spec: StorageSpec | None) -> Path:
@@ -320,6 +323,13 @@ class ObjectResultStore(ResultStore):
             self._remote_segments.discard(path.name)
         remove_files(todo)
         return self._count() if written is None else written
+
+    def adopt_legacy(self, request: RequestSpec) -> int:
+        """As a local store does; the relabelled results.parquet is uploaded at once."""
+        relabelled = super().adopt_legacy(request)
+        if relabelled:
+            self._push_results()
+        return relabelled
 
     def _push_results(self) -> None:
         try:
