@@ -157,10 +157,23 @@ class MessagesClient:
         :param input_tokens: the caller's estimate, acquired from the input budget before sending.
         """
         self._require_open()  # fail before any waiting, not after the first backoff
+        started = time.monotonic()  # tenacity's clock, for the policy's max_total_s
+        try:
+            reply, latency_ms = await self._attempt(payload, input_tokens, 1)
+        except RetryableApiError as error:
+            failed = error
+        else:
+            return Sent(reply=reply, attempts=1, latency_ms=latency_ms)
+        # The first attempt runs outside tenacity: setting up its loop cost more than the rest of a
+        # successful send. Once it has failed retryably, tenacity takes that failure as its own
+        # attempt 1 (started when it really started) and decides as it always has: same policy.
         sent: Sent | None = None
         async for attempt in self._retrying():
             with attempt:
                 number = attempt.retry_state.attempt_number
+                if number == 1:
+                    attempt.retry_state.start_time = started
+                    raise failed
                 reply, latency_ms = await self._attempt(payload, input_tokens, number)
                 sent = Sent(reply=reply, attempts=number, latency_ms=latency_ms)
         assert sent is not None  # tenacity either ran the block to success or raised

@@ -24,7 +24,7 @@ import logging
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -120,21 +120,28 @@ class HttpxCarrier:
 
 
 class AiohttpAnswer:
-    """A reply read from an ``aiohttp`` response."""
+    """A reply read from an ``aiohttp`` response (its failures raised as ``httpx`` ones)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, failures: type[Exception]) -> None:
         self.response = response
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
+        self._failures = failures
 
     async def read(self) -> bytes:
-        return await self.response.read()
+        try:
+            return await self.response.read()
+        except self._failures as exc:
+            raise as_httpx_error(exc) from exc
 
     async def lines(self) -> AsyncIterator[str]:
         splitter = LineSplitter()
-        async for chunk in self.response.content.iter_any():
-            for line in splitter.feed(chunk):
-                yield line
+        try:
+            async for chunk in self.response.content.iter_any():
+                for line in splitter.feed(chunk):
+                    yield line
+        except self._failures as exc:
+            raise as_httpx_error(exc) from exc
         for line in splitter.flush():
             yield line
 
@@ -145,7 +152,8 @@ class AiohttpCarrier:
     Behaves as the ``httpx`` client did: the same CA bundle (``httpx.create_ssl_context``), the proxy
     the environment names (read once), ``timeout_s`` between reads and for a free connection,
     ``CONNECT_TIMEOUT_S`` to connect, no redirects, keep-alive for 5 s; aiohttp's failures come out
-    as the matching ``httpx`` exceptions, so :func:`~pipeline.api.classify.transport_failure` types them.
+    as the matching ``httpx`` exceptions (:func:`as_httpx_error`), so
+    :func:`~pipeline.api.classify.transport_failure` types them.
     """
 
     def __init__(self, config: ClientConfig) -> None:
@@ -170,43 +178,65 @@ class AiohttpCarrier:
             trust_env=False,
         )
         self.proxy = environment_proxy(config.endpoint)
+        self.failures: type[Exception] = aiohttp.ClientError
 
-    @contextlib.asynccontextmanager
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AsyncIterator[Answer]:
-        with _as_httpx_errors():
-            async with self.session.post(
-                url, data=body, headers=headers, allow_redirects=False, proxy=self.proxy
-            ) as response:
-                yield AiohttpAnswer(response)
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> _AiohttpExchange:
+        request = self.session.post(url, data=body, headers=headers, allow_redirects=False, proxy=self.proxy)
+        return _AiohttpExchange(request, self.failures)
 
     async def aclose(self) -> None:
         await self.session.close()
 
 
-@contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    """aiohttp's failures as the ``httpx`` exceptions that mean the same (what ``classify`` reads)."""
+class _AiohttpExchange:
+    """``async with``: the reply's headers on entry, the connection handed back on exit.
+
+    A class rather than ``contextlib.asynccontextmanager``: the generator machinery cost more per
+    request than the rest of this module.
+    """
+
+    __slots__ = ("_failures", "_request")
+
+    def __init__(
+        self,
+        request: contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse],
+        failures: type[Exception],
+    ) -> None:
+        self._request = request
+        self._failures = failures
+
+    async def __aenter__(self) -> Answer:
+        try:
+            response = await self._request.__aenter__()
+        except self._failures as exc:
+            raise as_httpx_error(exc) from exc
+        return AiohttpAnswer(response, self._failures)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._request.__aexit__(None, None, None)
+
+
+def as_httpx_error(exc: Exception) -> httpx.TransportError | httpx.DecodingError:
+    """An aiohttp failure as the ``httpx`` exception that means the same (what ``classify`` reads)."""
     import aiohttp
     from aiohttp.http_exceptions import ContentEncodingError
 
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "timed out connecting") from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "timed out reading the reply") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except aiohttp.ClientPayloadError as exc:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(text)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return httpx.ReadTimeout(text)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(text)
+    if isinstance(exc, aiohttp.ClientPayloadError):
         if isinstance(exc.__cause__, ContentEncodingError):
-            raise httpx.DecodingError(str(exc)) from exc
-        raise httpx.RemoteProtocolError(str(exc) or "reply body cut short") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
-        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise httpx.UnsupportedProtocol(str(exc)) from exc
-    except aiohttp.ClientError as exc:  # reset, broken pipe and the rest of the connection's failures
-        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+            return httpx.DecodingError(text)
+        return httpx.RemoteProtocolError(text)  # the body was cut short
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(text)
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(text)
+    return httpx.ReadError(text)  # reset, broken pipe and the rest of the connection's failures
 
 
 class LineSplitter:
