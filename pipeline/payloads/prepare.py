@@ -22,7 +22,7 @@ from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.records import Row
-from pipeline.rows.media import describe_cell
+from pipeline.rows.media import describe_cell, is_remote
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.wire import MessagePayload
 
@@ -35,6 +35,10 @@ MANY_IMAGES = 20
 READ_ROWS = 500
 # rows being prepared or handed on at once by default: enough to keep the cores and the senders busy
 DEFAULT_SLOTS = (os.cpu_count() or 2) * 2 + 2
+# images decoded and encoded at once: one per core and one more, so a core never waits for a file
+# read. A row waits for one of these before it reads a local file, so however many rows are being
+# prepared (downloads in flight need many), only this many hold an image's raw bytes.
+CPU_SLOTS = (os.cpu_count() or 2) + 1
 
 Loader = Callable[[str, Path], Awaitable[bytes | None]]
 
@@ -81,7 +85,9 @@ async def prepare_rows(
         count); every row when None.
     :param slots: a slot is taken before a row is prepared and given back only when ``take``
         returns, so rows waiting downstream (for a sender, say) count against the bound and memory
-        stays flat however far the reader runs ahead.
+        stays flat however far the reader runs ahead. A sender can ask for as many as it has
+        requests in flight, so that downloads overlap: image decoding is bounded apart
+        (:data:`CPU_SLOTS`).
     :param keys: also compute each request's dedupe key (off the loop when the request has images).
     :param keep_images: keep the prepared images on the outcome (``estimate`` measures them).
     :param stopping: read no further once this is true (a graceful stop).
@@ -92,10 +98,11 @@ async def prepare_rows(
     with ``error`` set. What ``take`` raises ends the walk.
     """
     gate = asyncio.Semaphore(slots)
+    cpu = asyncio.Semaphore(CPU_SLOTS)
 
     async def one(sourced: SourcedRow) -> None:
         try:
-            outcome = await _prepare_one(request, sourced, load, keys=keys, keep_images=keep_images)
+            outcome = await _prepare_one(request, sourced, load, cpu, keys=keys, keep_images=keep_images)
             await take(outcome)
         finally:
             gate.release()
@@ -113,12 +120,18 @@ async def prepare_rows(
 
 
 async def _prepare_one(
-    request: RequestSpec, sourced: SourcedRow, load: Loader, *, keys: bool, keep_images: bool
+    request: RequestSpec,
+    sourced: SourcedRow,
+    load: Loader,
+    cpu: asyncio.Semaphore,
+    *,
+    keys: bool,
+    keep_images: bool,
 ) -> Prepared:
     images: list[PreparedImage] = []
     try:
         payload, input_tokens, count = await prepare_request(
-            request, sourced, load, prepared=images if keep_images else None
+            request, sourced, load, prepared=images if keep_images else None, cpu=cpu
         )
     except RowError as exc:
         return Prepared(sourced, error=exc)
@@ -161,12 +174,15 @@ async def prepare_request(
     load: Callable[[str, Path], Awaitable[bytes | None]],
     *,
     prepared: list[PreparedImage] | None = None,
+    cpu: asyncio.Semaphore | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
     The one place a row becomes a request, for ``run``, ``validate`` and ``estimate`` alike: ``load``
     fetches an image cell's bytes, or returns None to leave the image out (``validate`` and
     ``estimate`` fetch no URLs). ``prepared``, when given, receives the images as they will be sent.
+    ``cpu``, when given, is held while an image is decoded and encoded, and for a local file (or a
+    ``data:`` URI) while it is read too; a URL is downloaded before it is waited for.
     """
     cells = image_cells(request, sourced.row)
     policy = ImagePolicy(max_edge=request.image_max_edge, max_pixels=request.image_max_pixels)
@@ -174,12 +190,10 @@ async def prepare_request(
         policy = policy.for_many_images()
     images: list[PreparedImage] = []
     for column, cell in cells:
-        data = await load(cell, sourced.base_dir)
-        if data is None:
-            continue
         label = f"{column} {describe_cell(cell)}"
-        # Decoding and re-encoding is CPU work: keep it off the event loop.
-        images.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+        image = await _load_image(cell, sourced.base_dir, load, policy, label, cpu)
+        if image is not None:
+            images.append(image)
     payload = build_payload(request, sourced.row.values, images)
     input_tokens = estimate_input_tokens(payload, images)
     # a request the API would refuse for its size is this row's error, and is never sent
@@ -187,6 +201,29 @@ async def prepare_request(
     if prepared is not None:
         prepared.extend(images)
     return payload, input_tokens, len(images)
+
+
+async def _load_image(
+    cell: str, base_dir: Path, load: Loader, policy: ImagePolicy, label: str, cpu: asyncio.Semaphore | None
+) -> PreparedImage | None:
+    """One image cell loaded and prepared (None: ``load`` left it out), holding ``cpu`` as documented."""
+    if cpu is None:
+        data = await load(cell, base_dir)
+        return None if data is None else await _prepare_image(data, policy, label)
+    if is_remote(cell):
+        data = await load(cell, base_dir)  # downloads overlap; the bytes then wait for a core
+        if data is None:
+            return None
+        async with cpu:
+            return await _prepare_image(data, policy, label)
+    async with cpu:  # a local file is read once a core is free: few raw images in memory
+        data = await load(cell, base_dir)
+        return None if data is None else await _prepare_image(data, policy, label)
+
+
+async def _prepare_image(data: bytes, policy: ImagePolicy, label: str) -> PreparedImage:
+    # decoding and re-encoding is CPU work: keep it off the event loop
+    return await asyncio.to_thread(prepare_image, data, policy, label=label)
 
 
 def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
