@@ -1,15 +1,16 @@
 """Batch vision and text jobs on the Anthropic Messages API: a table in, Parquet out.
 
-The CLI (``pipeline``) is the main surface; this is the library behind it. The public names below
-are resolved on first use (PEP 562), so ``import pipeline`` and ``pipeline --help`` load none of the
-heavy libraries (polars, pyarrow, httpx, Pillow, aiohttp).
+The CLI (``pipeline``) is the main surface; ``pipeline.Job`` is the same from Python (a DataFrame
+in, a DataFrame out) and the rest is the library behind both. The public names below are resolved
+on first use (PEP 562), so ``import pipeline`` and ``pipeline --help`` load none of the heavy
+libraries (polars, pyarrow, httpx, Pillow, aiohttp).
 
 How the package is laid out: the folders read as the flow, **job -> rows -> payloads -> api ->
 results**, with the two drivers side by side above them and the commands on top. A module imports
 only from its own layer or a lower one; ``tests/test_layers.py`` walks every import and fails on a
 cycle or an upward import. From the top down::
 
-    cli                                  the command line
+    cli, frames                          the command line; the Python API (Job, Sandbox)
     sandbox                              a fake of the API the CLI can start (see below)
     dryrun, review                       commands that only look: validate, estimate; status, export, report
     realtime, batch                      the two drivers, siblings over one preparation path
@@ -42,7 +43,7 @@ _LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"realtime", "batch"}),
     frozenset({"dryrun", "review"}),
     frozenset({"sandbox"}),
-    frozenset({"cli", "__main__"}),
+    frozenset({"cli", "frames", "__main__"}),
 )
 # rooms that may import only these (besides themselves), whatever their layer
 _CONFINED: dict[str, frozenset[str]] = {
@@ -57,6 +58,7 @@ _EXPORTS = {
     "FatalApiError": "pipeline.errors",
     "ImageError": "pipeline.errors",
     "InputError": "pipeline.errors",
+    "Job": "pipeline.frames.job",
     "JobSpec": "pipeline.job.spec",
     "OutputError": "pipeline.errors",
     "PermanentApiError": "pipeline.errors",
@@ -65,6 +67,7 @@ _EXPORTS = {
     "RowError": "pipeline.errors",
     "RunOptions": "pipeline.realtime.run",
     "RunOutcome": "pipeline.realtime.run",
+    "Sandbox": "pipeline.sandbox.block",
     "SpecError": "pipeline.errors",
     "load_job": "pipeline.job.spec",
     "run_batch": "pipeline.batch.run",
@@ -79,6 +82,7 @@ __all__ = [
     "FatalApiError",
     "ImageError",
     "InputError",
+    "Job",
     "JobSpec",
     "OutputError",
     "PermanentApiError",
@@ -87,6 +91,7 @@ __all__ = [
     "RowError",
     "RunOptions",
     "RunOutcome",
+    "Sandbox",
     "SpecError",
     "load_job",
     "run_batch",
@@ -95,12 +100,23 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
+    if name == "sandbox":  # the subpackage, callable: `with pipeline.sandbox(): ...`
+        _require_sandbox("pipeline.sandbox()")
+        return _importlib.import_module("pipeline.sandbox")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    if module.startswith("pipeline.sandbox"):
+        _require_sandbox(f"pipeline.{name}")
     value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # resolved once; later lookups never come back here
     return value
+
+
+def _require_sandbox(feature: str) -> None:
+    from pipeline.extras import require
+
+    require("sandbox", feature)
 
 
 def __dir__() -> list[str]:
@@ -123,5 +139,7 @@ if _typing.TYPE_CHECKING:
         RowError,
         SpecError,
     )
+    from pipeline.frames.job import Job
     from pipeline.job.spec import JobSpec, load_job
     from pipeline.realtime.run import RunOptions, RunOutcome, run_job
+    from pipeline.sandbox.block import Sandbox

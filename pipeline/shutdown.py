@@ -2,6 +2,10 @@
 
 A graceful stop sends nothing new and lets the requests already in flight finish (they may already
 be paid for), bounded by a grace period; then the run journals what came back and exits non-zero.
+
+Only the main thread may own signal handlers. A run elsewhere (a worker thread, as the Python API
+uses inside Jupyter, whose event loop already runs) installs none; whoever started it asks for the
+same stop with :meth:`Shutdown.interrupt`, from any thread.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Callable
 
 log = logging.getLogger("pipeline.run")
@@ -29,6 +34,7 @@ class Shutdown:
         self._abort: Callable[[], None] = lambda: None
         self._stop: Callable[[], None] = lambda: None
         self._timer: asyncio.TimerHandle | None = None
+        self._owned = False  # whether the signal handlers are ours to remove
         self.in_flight: Callable[[], int] = lambda: 0
 
     @property
@@ -40,17 +46,39 @@ class Shutdown:
         """Route SIGINT/SIGTERM to ``stop`` (first) and ``abort`` (second, or when grace runs out)."""
         self._loop = asyncio.get_running_loop()
         self._stop, self._abort = stop, abort
-        for sig in SIGNALS:
-            self._loop.add_signal_handler(sig, self._handle, sig)
+        self._owned = threading.current_thread() is threading.main_thread()
+        if not self._owned:
+            return  # signals reach the main thread only; the caller forwards them with interrupt()
+        try:
+            for sig in SIGNALS:
+                self._loop.add_signal_handler(sig, self._handle, sig)
+        except (NotImplementedError, RuntimeError):  # a loop without signal support (Windows)
+            self._owned = False
 
     def uninstall(self) -> None:
         """Give the signals back (Python's defaults) once nothing is being sent."""
         if self._timer is not None:
             self._timer.cancel()
         if self._loop is not None:
-            for sig in SIGNALS:
-                self._loop.remove_signal_handler(sig)
+            if self._owned:
+                for sig in SIGNALS:
+                    self._loop.remove_signal_handler(sig)
             self._loop = None
+
+    def interrupt(self, sig: signal.Signals = signal.SIGINT) -> bool:
+        """Act as if ``sig`` arrived (first: a graceful stop; again: stop now), from any thread.
+
+        Returns False when no run is listening (before its sending phase or after it): the caller
+        then stops the run its own way.
+        """
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._handle, sig)
+        except RuntimeError:  # the loop has closed meanwhile
+            return False
+        return True
 
     def _handle(self, sig: signal.Signals) -> None:
         assert self._loop is not None

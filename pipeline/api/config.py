@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from pipeline.job.spec import JobSpec
 
 USER_AGENT = "pipeline/0.1 (+httpx)"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_S = 10.0
 REDACTED = "[redacted]"
 
@@ -126,3 +128,13 @@ class ClientConfig:
             headers={"user-agent": USER_AGENT},
             follow_redirects=follow_redirects,
         )
+
+
+def is_loopback(base_url: str) -> bool:
+    """Whether ``base_url`` is a server on this machine (the sandbox, a self-hosted model).
+
+    Answers a sandbox gave count as done only for runs that go to such a server again; a run to the
+    hosted API or any other remote server sends those rows for real.
+    """
+    host = urlsplit(base_url).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")

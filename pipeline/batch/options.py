@@ -11,6 +11,7 @@ from pipeline.batch.state import Submission
 from pipeline.errors import FatalApiError
 from pipeline.records import Summary
 from pipeline.results.store import RerunPolicy
+from pipeline.rows.memory import InputSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class BatchOptions:
     base_url: str
     api_key: str = field(repr=False)
     output: Path
-    input: str = ""
+    input: InputSource = ""
     limit: int | None = None
     fresh: bool = False
     retry: RerunPolicy = field(default_factory=RerunPolicy)

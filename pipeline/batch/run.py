@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
+from pipeline.api.config import is_loopback
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -67,9 +68,16 @@ ORPHAN_SKEW = timedelta(minutes=5)
 
 
 async def run_batch(
-    spec: JobSpec | None, options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec | None,
+    options: BatchOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> BatchOutcome:
-    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait."""
+    """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
+
+    :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
+    """
     started = time.monotonic()
     store = ResultStore(options.output)
     store.prepare()
@@ -88,7 +96,7 @@ async def run_batch(
             store.compact()
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, spec, options)
-            return await engine.run(started)
+            return await engine.run(started, shutdown or Shutdown(options.grace_s))
 
 
 async def cancel_batches(
@@ -158,9 +166,8 @@ class _Engine:
         self._unsendable: set[str] = set()  # rows that became errors without a request, this invocation
         self._progress: dict[str, BatchInfo] = {}
 
-    async def run(self, started: float) -> BatchOutcome:
+    async def run(self, started: float, shutdown: Shutdown) -> BatchOutcome:
         fatal: FatalApiError | None = None
-        shutdown = Shutdown(self.options.grace_s)
         main = asyncio.current_task()
         assert main is not None
         shutdown.install(stop=self.stop.set, abort=lambda: _cancel(main))
@@ -324,7 +331,9 @@ class _Engine:
         self.exhausted = 0  # counted afresh by each pass
         table = open_job_input(spec, options.input)
         fingerprint = spec.request.fingerprint()
-        settled = self.store.settled(fingerprint, options.retry)
+        settled = self.store.settled(
+            fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
+        )
         pending = pending_row_ids(self.log, self.log.submissions())
         prior = prior_attempts(self.store, fingerprint)
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))

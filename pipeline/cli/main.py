@@ -184,15 +184,7 @@ def validate(job: Path, input_: str | None, show: int) -> None:
 
     spec = load_job(job)
     report = validate_job(spec, input_ if input_ is not None else spec.input)
-    for problem in report.problems[:show]:
-        click.echo(f"  {problem}", err=True)
-    if len(report.problems) > show:
-        click.echo(f"  ... and {len(report.problems) - show} more", err=True)
-    click.echo(
-        f"{spec.source}: job ok; {report.rows} rows, {report.images} images checked,"
-        f" {len(report.problems)} rows with problems",
-        err=True,
-    )
+    click.echo(report.text(show), err=True)
     sys.exit(EXIT_ROW_ERRORS if report.problems else EXIT_OK)
 
 
@@ -218,7 +210,11 @@ def validate(job: Path, input_: str | None, show: int) -> None:
     show_default=True,
     help="Requests to count with --exact.",
 )
-@click.option("--sandbox", is_flag=True, help="With --exact: count with the built-in local sandbox.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Estimate a sandbox run: rows the sandbox answered count as done, and --exact counts with it.",
+)
 @click.option("--base-url", help="With --exact: API base URL; overrides ANTHROPIC_BASE_URL and the job's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
 @expected_errors
@@ -234,6 +230,7 @@ def estimate(
     as_json: bool,
 ) -> None:
     """Estimate JOB's tokens and cost before spending anything (never sends a Messages request)."""
+    from pipeline.api.config import is_loopback
     from pipeline.dryrun.costs import estimate_json, estimate_text
     from pipeline.dryrun.estimate import estimate_job
     from pipeline.job.spec import load_job
@@ -243,6 +240,8 @@ def estimate(
         raise ConfigError(f"--exact: provider {spec.api.provider!r} has no count_tokens endpoint")
     api_key = api_key_for(spec, sandbox=sandbox) if exact else ""
     with server_url(spec, sandbox=sandbox, base_url=base_url) if exact else nullcontext("") as url:
+        with server_url(spec, sandbox=False, base_url=base_url) as target:  # the run's server: names it
+            local = sandbox or is_loopback(target)
         result = estimate_job(
             spec,
             input_ if input_ is not None else spec.input,
@@ -251,6 +250,7 @@ def estimate(
             exact_base_url=url or None,
             api_key=api_key,
             sample=sample,
+            sandbox_answers=local,
         )
     click.echo(estimate_json(result) if as_json else estimate_text(result))
 

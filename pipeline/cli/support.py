@@ -77,7 +77,11 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("pipeline.run").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
 
-def api_key_for(spec: JobSpec, *, sandbox: bool) -> str:
+def api_key_for(spec: JobSpec, *, sandbox: bool, sandbox_hint: str = "--sandbox") -> str:
+    """The key from the job's ``api_key_env``; the sandbox's when trying it; ConfigError when unset.
+
+    :param sandbox_hint: how the caller spells trying the sandbox (the Python API: ``sandbox=True``).
+    """
     key = os.environ.get(spec.api.api_key_env, "").strip()
     if key:
         return key
@@ -89,7 +93,7 @@ def api_key_for(spec: JobSpec, *, sandbox: bool) -> str:
         return PLACEHOLDER_KEY  # a self-hosted server that checks no key
     raise ConfigError(
         f"{spec.api.api_key_env} is not set (named by [api] api_key_env in {spec.source}); "
-        "export the key, or try the job with --sandbox"
+        f"export the key, or try the job with {sandbox_hint}"
     )
 
 

@@ -229,6 +229,14 @@ class Estimate:
             },
         }
 
+    def __str__(self) -> str:
+        """What ``pipeline estimate`` prints."""
+        return estimate_text(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the command's text, not the record's fields."""
+        printer.text(str(self))
+
 
 def estimate_text(estimate: Estimate) -> str:
     """The estimate as a few lines and a table, for people."""

@@ -32,6 +32,7 @@ from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
 from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
 from pipeline.rows.media import offline_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 from pipeline.wire import MessagePayload
 
@@ -68,18 +69,23 @@ class _Walk:
 
 def estimate_job(
     spec: JobSpec,
-    input_pattern: str,
+    source: InputSource,
     output: Path,
     *,
     limit: int | None = None,
     exact_base_url: str | None = None,
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
+    sandbox_answers: bool = False,
 ) -> Estimate:
-    """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there."""
+    """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
+
+    :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
+        being estimated goes to a server on this machine; see ``results.store.settled_rows``).
+    """
     request = spec.request
-    table = open_job_input(spec, input_pattern)
-    settled, typical = _earlier_results(output, request.fingerprint())
+    table = open_job_input(spec, source)
+    settled, typical = _earlier_results(output, request.fingerprint(), sandbox_answers)
     walk = _Walk()
     rng = random.Random(0)  # the same sample every time for the same input
     asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
@@ -143,7 +149,9 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
     )
 
 
-def _earlier_results(output: Path, fingerprint: str) -> tuple[dict[str, str], tuple[float, str] | None]:
+def _earlier_results(
+    output: Path, fingerprint: str, sandbox_answers: bool
+) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
     Read without writing anything: journals of an interrupted run count too. Uses the default retry
@@ -155,7 +163,7 @@ def _earlier_results(output: Path, fingerprint: str) -> tuple[dict[str, str], tu
     if frame is None or frame.is_empty():
         return {}, None
     try:
-        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy())
+        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy(), sandbox_answers=sandbox_answers)
         answered = frame.filter(
             (pl.col("request_fingerprint") == fingerprint)
             & (pl.col("status") == "ok")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
 from pipeline.rows.media import offline_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
 
 
@@ -25,12 +27,31 @@ class ValidationReport:
     images: int = 0
     remote_images: int = 0
     problems: list[str] = field(default_factory=list)
+    source: str = ""  # the job checked (its file), for the text
+
+    def text(self, show: int = 20) -> str:
+        """What ``pipeline validate`` prints: the first ``show`` problems, then one line of counts."""
+        lines = [f"  {problem}" for problem in self.problems[:show]]
+        if len(self.problems) > show:
+            lines.append(f"  ... and {len(self.problems) - show} more")
+        lines.append(
+            f"{self.source}: job ok; {self.rows} rows, {self.images} images checked,"
+            f" {len(self.problems)} rows with problems"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the command's text, not the record's fields."""
+        printer.text(str(self))
 
 
-def validate_job(spec: JobSpec, input_pattern: str) -> ValidationReport:
+def validate_job(spec: JobSpec, source: InputSource) -> ValidationReport:
     """Open the input (InputError if the job cannot run) and check every row offline."""
-    table = open_job_input(spec, input_pattern)
-    report = ValidationReport()
+    table = open_job_input(spec, source)
+    report = ValidationReport(source=spec.source)
 
     def remote() -> None:
         report.remote_images += 1

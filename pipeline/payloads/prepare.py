@@ -23,6 +23,7 @@ from pipeline.payloads.build import build_payload, check_request_size, estimate_
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.records import Row
 from pipeline.rows.media import describe_cell, is_remote
+from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.wire import MessagePayload
 
@@ -163,9 +164,12 @@ def needed_columns(request: RequestSpec) -> dict[str, str]:
     return needed
 
 
-def open_job_input(spec: JobSpec, input_pattern: str) -> InputTable:
-    """Open the job's input and check that every column it uses is there."""
-    return open_input(input_pattern, id_column=spec.id_column, needed=needed_columns(spec.request))
+def open_job_input(spec: JobSpec, source: InputSource) -> InputTable:
+    """Open the job's input (a file or glob, or a table held in Python) and check every column it uses."""
+    needed = needed_columns(spec.request)
+    if isinstance(source, FrameInput):
+        return open_frame(source, id_column=spec.id_column, needed=needed)
+    return open_input(source, id_column=spec.id_column, needed=needed)
 
 
 async def prepare_request(

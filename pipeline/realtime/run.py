@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.config import is_loopback
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
@@ -28,11 +29,12 @@ from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
 from pipeline.results.lock import locked_output
 from pipeline.results.progress import Limits as ProgressLimits
-from pipeline.results.progress import Progress
+from pipeline.results.progress import Progress, View
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore, note_job
 from pipeline.results.summary import ResultTally
 from pipeline.rows.media import online_loader
+from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
 from pipeline.shutdown import Shutdown
 from pipeline.wire import MessagePayload
@@ -51,13 +53,14 @@ class RunOptions:
 
     base_url: str
     api_key: str
-    input: str
+    input: InputSource
     output: Path
     limit: int | None = None
     fresh: bool = False
     retry: RerunPolicy = field(default_factory=RerunPolicy)
     grace_s: float = 30.0
     progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
+    view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +143,24 @@ class _Recorder:
 
 
 async def run_job(
-    spec: JobSpec, options: RunOptions, *, transport: httpx.AsyncBaseTransport | None = None
+    spec: JobSpec,
+    options: RunOptions,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown: Shutdown | None = None,
 ) -> RunOutcome:
-    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole."""
+    """Run a job to the end (or to a fatal API error) and leave ``results.parquet`` whole.
+
+    :param shutdown: the run's stop handling, for a caller that must ask for a stop itself (a run
+        off the main thread gets no signals); by default one for ``options.grace_s``.
+    """
     started = time.monotonic()
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
-        return await _run_locked(spec, options, store, transport, started)
+        return await _run_locked(
+            spec, options, store, transport, started, shutdown or Shutdown(options.grace_s)
+        )
 
 
 async def _run_locked(
@@ -156,6 +169,7 @@ async def _run_locked(
     store: ResultStore,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
+    shutdown: Shutdown,
 ) -> RunOutcome:
     request = spec.request
     fingerprint = request.fingerprint()
@@ -164,7 +178,7 @@ async def _run_locked(
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
     table = open_job_input(spec, options.input)
-    settled = store.settled(fingerprint, options.retry)
+    settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
     note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
     recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
@@ -176,7 +190,6 @@ async def _run_locked(
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
-    shutdown = Shutdown(options.grace_s)
     try:
         async with client:
             try:
@@ -193,6 +206,7 @@ async def _run_locked(
                     requests_sent=lambda: client.requests_sent,
                     reading_done=lambda: run.reading_done,
                     live=options.progress,
+                    view=options.view,
                 )
                 await run.pump(options.limit, shutdown)
             except* FatalApiError as group:

@@ -4,6 +4,7 @@ Owns: the figures (rows done of the rows to do, ok and error, requests and token
 the job's limits, dollars so far and projected for the whole run, time left) and their two
 renderings. On a terminal, rich redraws a few lines in place on stderr; when stderr is a file, a
 pipe or a journal, one ``pipeline:`` log line every ``PLAIN_EVERY_S`` seconds, never an escape code.
+A caller may bring its own :class:`View` instead (the Python API shows a notebook's output this way).
 Reads the runner's running tally; changes nothing.
 """
 
@@ -31,6 +32,7 @@ log = logging.getLogger("pipeline.run")
 
 PLAIN_EVERY_S = 10.0
 LIVE_EVERY_S = 0.25
+VIEW_EVERY_S = 1.0  # a View may cost a message to another process (a notebook's frontend) per update
 RATE_WINDOW_S = 60.0  # rates are measured over the last minute, like the limits they are shown against
 
 
@@ -53,6 +55,13 @@ class Limits:
     requests: float | None = None
     input_tokens: float | None = None
     output_tokens: float | None = None
+
+
+class View(Protocol):
+    """Somewhere else to show the live figures, updated in place about once a second."""
+
+    def show(self, snap: Snapshot, limits: Limits) -> None:
+        """Show these figures instead of the last ones (the last call has the final figures)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,7 @@ class Progress:
     :param requests_sent: how many HTTP requests the client has started (retries included).
     :param reading_done: whether the input has been read to the end (before that the total grows).
     :param live: force the live display on or off; None decides by whether ``stream`` is a terminal.
+    :param view: show the figures there instead of on ``stream`` (``live`` is then not used).
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class Progress:
         reading_done: Callable[[], bool],
         stream: TextIO | None = None,
         live: bool | None = None,
+        view: View | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tally = tally
@@ -102,6 +113,7 @@ class Progress:
         self.reading_done = reading_done
         self.stream = stream if stream is not None else sys.stderr
         self.live = live if live is not None else _is_terminal(self.stream)
+        self.view = view
         self._clock = clock
         self._started = clock()
         # (time, requests, input tokens, output tokens, rows done): the last minute of samples
@@ -147,6 +159,13 @@ class Progress:
 
     async def run(self) -> None:
         """Show the progress until cancelled (the runner cancels it when the run ends)."""
+        if self.view is not None:
+            try:
+                while True:
+                    self.view.show(self.snapshot(), self.limits)
+                    await asyncio.sleep(VIEW_EVERY_S)
+            finally:
+                self.view.show(self.snapshot(), self.limits)
         if not self.live:
             while True:
                 await asyncio.sleep(PLAIN_EVERY_S)

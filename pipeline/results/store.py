@@ -32,11 +32,14 @@ from pipeline.job.spec import JobSpec
 from pipeline.results.compaction import Fold, remove_files
 from pipeline.results.journal import Journal, read_journal
 from pipeline.results.schema import column_order
+from pipeline.rows.memory import FrameInput, InputSource
 
 RESULTS_FILE = "results.parquet"
 PREVIOUS_FILE = "results.previous.parquet"
 JOURNAL_DIR = ".journal"
 
+# what the sandbox reports as the model of its answers (``sandbox:<model>``)
+SANDBOX_MODEL_PREFIX = "sandbox:"
 # Errors that come back the same while the request and the row are unchanged: not retried by default.
 NOT_RETRIED_BY_DEFAULT = frozenset({"invalid_request_error", "request_too_large", "not_found_error"})
 
@@ -96,12 +99,13 @@ class ResultStore:
             return []
         return sorted(self.journal_dir.glob("*.arrows"))
 
-    def settled(self, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
+    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
         """Rows not to send again, row_id -> row_hash (call after ``compact``; see :func:`settled_rows`)."""
         if not self.results_path.exists():
             return {}
         try:
-            return settled_rows(pl.scan_parquet(self.results_path), fingerprint, retry)
+            results = pl.scan_parquet(self.results_path)
+            return settled_rows(results, fingerprint, retry, sandbox_answers=sandbox_answers)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise OutputError(f"cannot read {self.results_path}: {exc}") from None
 
@@ -176,12 +180,18 @@ class ResultStore:
         return int(pl.scan_parquet(self.results_path).select(pl.len()).collect().item())
 
 
-def settled_rows(results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy) -> dict[str, str]:
+def settled_rows(
+    results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool
+) -> dict[str, str]:
     """The rerun rule: rows whose latest result stands, as row_id -> row_hash.
 
     A row is settled when its latest result came from a request with this fingerprint and is
     ``ok``, or an error that ``retry`` does not retry. Callers also compare the row's current hash,
     so a row whose request-feeding cells changed is sent again.
+
+    :param sandbox_answers: whether answers the sandbox gave (``model`` ``sandbox:...``) count. They
+        must not for a run that goes to a real server: a job tried with ``--sandbox`` and then run
+        for real would otherwise skip every row the sandbox answered.
     """
     error_type = pl.col("error_type").fill_null("")
     if retry.types is None:
@@ -189,6 +199,8 @@ def settled_rows(results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy) ->
     else:
         not_retried = ~error_type.is_in(list(retry.types))
     keep = (pl.col("status") == "ok") | ((pl.col("status") == "error") & not_retried)
+    if not sandbox_answers:
+        keep = keep & ~pl.col("model").fill_null("").str.starts_with(SANDBOX_MODEL_PREFIX)
     if "row_hash" not in results.collect_schema().names():
         results = results.with_columns(pl.lit("").alias("row_hash"))
     settled = (
@@ -203,12 +215,12 @@ def _order_columns(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(column_order(frame.columns))
 
 
-def note_job(directory: Path, spec: JobSpec, input_pattern: str) -> None:
+def note_job(directory: Path, spec: JobSpec, source: InputSource) -> None:
     """Record the latest run's job (``OUTPUT/job.json``): images for report, prices for status."""
     note = {
         "name": spec.name,
         "job": spec.source,
-        "input": os.path.abspath(input_pattern),
+        "input": source.note_path() if isinstance(source, FrameInput) else os.path.abspath(source),
         "images": list(spec.request.images),
         "model": spec.request.model,
         "prices": spec.prices.model_dump() if spec.prices else None,

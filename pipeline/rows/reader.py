@@ -47,10 +47,11 @@ class InputTable:
     arrow_schema: pa.Schema
     id_column: str | None
     hash_columns: tuple[str, ...] = ()
+    label: str | None = None  # an input that is no file (rows.memory): its name in messages
 
     def describe(self) -> str:
         """The input as users named it, for messages."""
-        return _describe(self.files)
+        return self.label if self.label is not None else _describe(self.files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,21 @@ def open_input(pattern: str, *, id_column: str | None, needed: dict[str, str]) -
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(_explain(exc, files)) from None
+    columns = check_columns(where, schema, id_column=id_column, needed=needed)
+    arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
+    table = InputTable(files, frame, columns, arrow_schema, id_column, tuple(needed))
+    if id_column is not None:
+        check_ids(table)
+    return table
+
+
+def check_columns(
+    where: str, schema: pl.Schema, *, id_column: str | None, needed: dict[str, str]
+) -> tuple[str, ...]:
+    """The input's own columns, once it has every needed one (and ``id_column``) of a usable type.
+
+    :raises InputError: naming ``where``, the column and what uses it.
+    """
     columns = tuple(name for name in schema.names() if name != SOURCE_COLUMN)
     wanted = dict(needed)
     if id_column is not None:
@@ -115,11 +131,7 @@ def open_input(pattern: str, *, id_column: str | None, needed: dict[str, str]) -
             raise InputError(f"{where}: no column {column!r} (used by {user}){_suggest(column, columns)}")
     for column, user in wanted.items():
         _check_type(where, column, user, schema[column])
-    arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
-    table = InputTable(files, frame, columns, arrow_schema, id_column, tuple(needed))
-    if id_column is not None:
-        check_ids(table)
-    return table
+    return columns
 
 
 def _suggest(column: str, columns: Sequence[str]) -> str:
@@ -173,7 +185,7 @@ def check_ids(table: InputTable) -> None:
             .collect()
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(_explain(exc, table.files)) from None
+        raise InputError(_explain(exc, table.files, where=table.label)) from None
     if counts.height == 0:
         return
     if counts["id"].null_count():
@@ -217,7 +229,7 @@ def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = 
                 index += 1
     except (pl.exceptions.PolarsError, OSError) as exc:
         # polars reads whole batches, so all we know is that the rows before this one were fine
-        raise InputError(_explain(exc, table.files, after_row=index)) from None
+        raise InputError(_explain(exc, table.files, after_row=index, where=table.label)) from None
 
 
 def _dedupe(row_id: str, seen: set[str]) -> str:
@@ -258,13 +270,15 @@ def check_file(path: Path) -> None:
             raise InputError(problem)
 
 
-def _explain(exc: BaseException, files: Sequence[Path], *, after_row: int | None = None) -> str:
+def _explain(
+    exc: BaseException, files: Sequence[Path], *, after_row: int | None = None, where: str | None = None
+) -> str:
     """One line for a polars read error: the file and line when a check can find it, else polars' words."""
     for path in files:
         problem = _file_problem(path)
         if problem is not None:
             return problem
-    where = _describe(files)
+    where = where if where is not None else _describe(files)
     if after_row:
         where += f" after row {after_row}"
     reason = _first_line(exc)

@@ -36,6 +36,10 @@ class SandboxHandle:
         """The same JSON as ``GET /_sandbox/stats``."""
         return self._state.snapshot()
 
+    def finish_batches(self) -> int:
+        """End every message batch still processing, now (a test control; see ``BatchStore.finish_all``)."""
+        return self._state.batches.finish_all()
+
     def __repr__(self) -> str:
         return f"SandboxHandle(base_url={self.base_url!r})"
 

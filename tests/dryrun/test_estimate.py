@@ -55,9 +55,11 @@ def test_estimate_leaves_out_rows_already_done_and_learns_answer_length(tmp_path
     job = text_job(tmp_path, rows=10)
     first = invoke(["run", str(job), "--sandbox", "--limit", "4"], key=None)
     assert first.exit_code == 0, first.output
-    estimate = _estimate(str(job))
+    estimate = _estimate(str(job), "--sandbox")  # what the next sandbox run would still send
     assert estimate["rows"] == {"total": 10, "done": 4, "to_do": 6, "unsendable": 0, "shared": 0}
     assert estimate["requests"] == 6
+    # the sandbox's answers are not the API's: for the real run every row is still to do
+    assert _estimate(str(job))["rows"]["to_do"] == 10
     seen = pl.read_parquet(tmp_path / "out" / "results.parquet")["output_tokens"].mean()
     assert estimate["output_tokens"]["typical_per_request"] == pytest.approx(seen, abs=0.01)
     assert "earlier answers" in estimate["output_tokens"]["typical_from"]

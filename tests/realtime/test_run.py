@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,22 @@ def test_a_kill_between_journal_writes_loses_only_the_request_in_flight(tmp_path
     # the three answered before the kill were journalled and are not sent again; the fourth was in flight
     assert before["response_text"].to_list() == [f"Say something about topic number {i}." for i in range(3)]
     assert sorted(prompts(rerun)) == sorted(f"Say something about topic number {i}." for i in range(3, 8))
+
+
+async def test_answers_the_sandbox_gave_are_not_reused_by_a_run_to_a_real_server(tmp_path: Path) -> None:
+    """A job tried on the sandbox, then run for real, sends every row for real; a local rerun does not."""
+    spec = job(tmp_path, rows=3)
+    sandbox = ScriptedApi(reply(200, {**message("fake"), "model": "sandbox:claude-haiku-4-5"}))
+    local = options(spec)
+    await run_job(spec, replace(local, base_url="http://127.0.0.1:8080"), transport=sandbox.transport)
+    assert len(sandbox.requests) == 3
+    again = ScriptedApi(reply())
+    await run_job(spec, replace(local, base_url="http://127.0.0.1:8080"), transport=again.transport)
+    assert again.requests == []  # on this machine again: the sandbox's answers stand
+    real = ScriptedApi(reply(200, message("real")))
+    outcome = await run_job(
+        spec, replace(local, base_url="https://api.example.com"), transport=real.transport
+    )
+    assert len(real.requests) == 3
+    assert outcome.summary.rows_skipped == 0
+    assert results(spec)["response_text"].to_list() == ["real"] * 3

@@ -97,10 +97,27 @@ def test_settled_rows_respect_fingerprint_and_retry_policy(tmp_path: Path) -> No
     journal.append([_result(0), _result(1, "error"), _result(2, fingerprint="old"), bad_request])
     journal.close()
     store.compact()
-    assert set(store.settled("fp", RerunPolicy())) == {"r0", "r3"}
-    assert set(store.settled("fp", RerunPolicy.parse("all"))) == {"r0"}
-    assert set(store.settled("fp", RerunPolicy.parse("none"))) == {"r0", "r1", "r3"}
-    assert set(store.settled("fp", RerunPolicy.parse("invalid_request_error"))) == {"r0", "r1"}
+    for sandbox_answers in (False, True):  # none of these rows is a sandbox's answer
+        assert set(store.settled("fp", RerunPolicy(), sandbox_answers=sandbox_answers)) == {"r0", "r3"}
+        assert set(store.settled("fp", RerunPolicy.parse("all"), sandbox_answers=sandbox_answers)) == {"r0"}
+        none = RerunPolicy.parse("none")
+        assert set(store.settled("fp", none, sandbox_answers=sandbox_answers)) == {"r0", "r1", "r3"}
+        invalid = RerunPolicy.parse("invalid_request_error")
+        assert set(store.settled("fp", invalid, sandbox_answers=sandbox_answers)) == {"r0", "r1"}
+
+
+def test_a_sandbox_answer_is_settled_only_for_a_run_that_takes_sandbox_answers(tmp_path: Path) -> None:
+    """A row the sandbox answered (model sandbox:...) stands for local runs, not for one to a real server."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+    from_sandbox = _result(1)
+    from_sandbox = replace(from_sandbox, reply=replace(from_sandbox.reply, model="sandbox:claude-haiku-4-5"))
+    journal.append([_result(0), from_sandbox])
+    journal.close()
+    store.compact()
+    assert set(store.settled("fp", RerunPolicy(), sandbox_answers=True)) == {"r0", "r1"}
+    assert set(store.settled("fp", RerunPolicy(), sandbox_answers=False)) == {"r0"}
 
 
 def test_fresh_keeps_previous_results_aside(tmp_path: Path) -> None:
