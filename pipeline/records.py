@@ -38,8 +38,21 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class StopDetails:
+    """Why an answer stopped, when the API says more than ``stop_reason`` (a refusal's category)."""
+
+    type: str
+    category: str | None = None
+    explanation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """A successful Messages API answer, reduced to what the output keeps."""
+    """A Messages API answer (a 200), reduced to what the output keeps.
+
+    ``thinking`` joins the thinking blocks' text: None when the reply has none, ``""`` when their
+    text is omitted (``display = "omitted"``) or redacted.
+    """
 
     model: str
     text: str
@@ -48,6 +61,8 @@ class Reply:
     usage: Usage
     message_id: str | None
     request_id: str | None
+    thinking: str | None = None
+    stop_details: StopDetails | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,7 @@ class Result:
     error_type: str | None = None
     error_message: str | None = None
     shared_with: str | None = None  # row_id of the row whose identical request answered this one
+    max_tokens: int | None = None  # what the row's request was sent with (the rerun rule reads it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +121,4 @@ class Summary:
     cost_usd: float | None = None  # None when no price is known for the model
     priced_as: str = ""  # which prices the cost used, or why there is none
     rows_shared: int = 0  # rows answered by another row's identical request (dedupe), no request of their own
+    model_facts: str = ""  # where the model's rules came from (the shipped table, /v1/models, a cache)

@@ -15,6 +15,7 @@ class CacheControl(TypedDict):
 class TextBlock(TypedDict):
     type: Literal["text"]
     text: str
+    cache_control: NotRequired[CacheControl]
 
 
 class SystemBlock(TypedDict):
@@ -32,6 +33,7 @@ class Base64Source(TypedDict):
 class ImageBlock(TypedDict):
     type: Literal["image"]
     source: Base64Source
+    cache_control: NotRequired[CacheControl]
 
 
 class UserMessage(TypedDict):
@@ -39,17 +41,46 @@ class UserMessage(TypedDict):
     content: list[TextBlock | ImageBlock]
 
 
+class AssistantMessage(TypedDict):
+    """A few-shot example's answer: an assistant turn before the row's own message (never the last)."""
+
+    role: Literal["assistant"]
+    content: list[TextBlock | ImageBlock]
+
+
+Message = UserMessage | AssistantMessage
+
+
 class ToolParam(TypedDict):
     name: str
     description: NotRequired[str]
     input_schema: dict[str, Any]
+    strict: NotRequired[bool]
     cache_control: NotRequired[CacheControl]
 
 
+class ThinkingParam(TypedDict):
+    type: Literal["adaptive", "enabled", "disabled", "between_tools"]
+    budget_tokens: NotRequired[int]
+    display: NotRequired[Literal["summarized", "omitted"]]
+
+
+class JsonOutputFormat(TypedDict):
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class OutputConfig(TypedDict):
+    effort: NotRequired[Literal["low", "medium", "high", "xhigh", "max"]]
+    format: NotRequired[JsonOutputFormat]
+
+
 class MessagePayload(TypedDict):
+    """The body of one Messages request; ``[request.extra]`` adds keys this type does not name."""
+
     model: str
     max_tokens: int
-    messages: list[UserMessage]
+    messages: list[Message]
     system: NotRequired[str | list[SystemBlock]]
     temperature: NotRequired[float]
     top_p: NotRequired[float]
@@ -57,4 +88,6 @@ class MessagePayload(TypedDict):
     stop_sequences: NotRequired[list[str]]
     tools: NotRequired[list[ToolParam]]
     tool_choice: NotRequired[dict[str, Any]]
+    thinking: NotRequired[ThinkingParam]
+    output_config: NotRequired[OutputConfig]
     stream: NotRequired[bool]

@@ -1,7 +1,7 @@
 """Regenerate sample_data/gallery.png: the sample annotation job on the sandbox, its report, a screenshot.
 
 Run from the repository root: ``.venv/bin/python sample_data/make_gallery_screenshot.py``. The sandbox breaks
-half of its tool answers on purpose (seeded), so the page shows resent rows and a schema_violation.
+half of its structured answers on purpose (seeded), so the page shows resent rows and a schema_violation.
 Needs Debian's chromium (``apt-get install chromium``) and the dev extras (Playwright).
 """
 

@@ -22,11 +22,17 @@ class ScriptedApi:
     records every request received (``bodies`` as JSON). A step is an async function of the
     request, an ``httpx.Response`` (copied for each use) or an exception the transport raises
     (a timeout, a dropped connection).
+
+    ``GET /v1/models...`` (a run reads its model's facts there first) is not a step: it is answered
+    by ``models`` (default: 404, a server without the Models API, so runs use the shipped table)
+    and recorded in ``model_requests``.
     """
 
-    def __init__(self, *steps: Step | httpx.Response | Exception) -> None:
+    def __init__(self, *steps: Step | httpx.Response | Exception, models: Step | None = None) -> None:
         self.steps = list(steps)
         self.requests: list[httpx.Request] = []
+        self.model_requests: list[httpx.Request] = []
+        self.models = models or api_error(404, "not_found_error", "Not found")
 
     def enqueue(self, *steps: Step | httpx.Response | Exception) -> ScriptedApi:
         """Add steps after the ones already queued."""
@@ -44,6 +50,9 @@ class ScriptedApi:
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
+        if request.method == "GET" and request.url.path.startswith("/v1/models"):
+            self.model_requests.append(request)
+            return await self.models(request)
         self.requests.append(request)
         if not self.steps:
             return await reply()(request)

@@ -44,9 +44,11 @@ __all__ = ["ClientConfig", "MessagesClient", "RetryDetails"]
 
 log = logging.getLogger("pipeline.client")
 
-# what /v1/messages/count_tokens takes (https://platform.claude.com/docs/en/build-with-claude/token-counting):
-# no max_tokens, sampling or stream
-COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+# what /v1/messages/count_tokens takes (https://platform.claude.com/docs/en/build-with-claude/token-counting;
+# anthropic-sdk-python 2.15.0 message_count_tokens_params.py): no max_tokens, sampling or stream
+COUNT_TOKENS_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config"}
+)
 # connections beyond the Messages requests, for the image downloads that share the pool
 DOWNLOAD_HEADROOM = 32
 

@@ -43,6 +43,7 @@ class ClientConfig:
     api_key: str = field(repr=False)
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
+    betas: tuple[str, ...] = ()  # sent as anthropic-beta, comma-joined
     timeout_s: float = 120.0
     max_attempts: int = 8
     concurrency: int = 16
@@ -71,6 +72,7 @@ class ClientConfig:
             api_key=api_key,
             auth=spec.api.auth,
             anthropic_version=spec.api.anthropic_version,
+            betas=tuple(spec.api.beta),
             timeout_s=limits.timeout_s,
             max_attempts=limits.max_attempts,
             concurrency=limits.concurrency if concurrency is None else concurrency,
@@ -93,8 +95,10 @@ class ClientConfig:
         return RetryPolicy(max_attempts=self.max_attempts, max_wait_s=self.max_retry_wait_s)
 
     def headers(self, *, accept: str = "application/json") -> dict[str, str]:
-        """The headers of one API request: version, accept and the key (nowhere else does it go)."""
+        """The headers of one API request: version, betas, accept and the key (nowhere else does it go)."""
         headers = {"anthropic-version": self.anthropic_version, "accept": accept}
+        if self.betas:
+            headers["anthropic-beta"] = ",".join(self.betas)
         if self.auth == "bearer":
             headers["authorization"] = f"Bearer {self.api_key}"
         else:

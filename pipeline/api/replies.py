@@ -10,6 +10,10 @@
 
 Text blocks are joined with ``""``, not ``"\\n"``: the API splits one paragraph into several text
 blocks when it attaches citations, and a stream's deltas are joined the same way, so both paths agree.
+Thinking blocks (``thinking``, streamed as ``thinking_delta``) go to ``Reply.thinking``, joined by a
+blank line; a ``redacted_thinking`` block or an omitted display contributes an empty text, so a reply
+that thought always has a (maybe empty) ``thinking``. ``stop_details`` (a refusal's category and
+explanation, on ``message_delta`` in a stream) goes to ``Reply.stop_details``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from pipeline.api.classify import _opt_str, _str, error_from_event
 from pipeline.errors import RetryableApiError
-from pipeline.records import Reply, ToolCall, Usage
+from pipeline.records import Reply, StopDetails, ToolCall, Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; anything else passes through unchanged
 _FINISH_REASONS = {
@@ -55,6 +59,7 @@ def parse_message(body: Mapping[str, Any], request_id: str | None) -> Reply:
 def _parse_anthropic(body: Mapping[str, Any], content: list[Any], request_id: str | None) -> Reply:
     texts: list[str] = []
     calls: list[ToolCall] = []
+    thoughts: list[str] = []
     for block in content:
         if not isinstance(block, Mapping):
             raise ValueError(f"content block is {type(block).__name__}, not an object")
@@ -65,7 +70,11 @@ def _parse_anthropic(body: Mapping[str, Any], content: list[Any], request_id: st
             calls.append(
                 ToolCall(_str(block.get("id")), _str(block.get("name")), dump_json(block.get("input")))
             )
-        # thinking, redacted_thinking and server-tool blocks are not part of the output
+        elif kind == "thinking":
+            thoughts.append(_str(block.get("thinking")))
+        elif kind == "redacted_thinking":
+            thoughts.append("")  # encrypted: it was thought, but there is nothing to read
+        # server-tool blocks are not part of the output
     return Reply(
         model=_str(body.get("model")),
         text="".join(texts),
@@ -74,6 +83,26 @@ def _parse_anthropic(body: Mapping[str, Any], content: list[Any], request_id: st
         usage=parse_usage(body.get("usage")),
         message_id=_opt_str(body.get("id")),
         request_id=request_id,
+        thinking=join_thinking(thoughts),
+        stop_details=parse_stop_details(body.get("stop_details")),
+    )
+
+
+def join_thinking(parts: list[str]) -> str | None:
+    """Thinking blocks' texts as one text (None when there were no thinking blocks)."""
+    if not parts:
+        return None
+    return "\n\n".join(part for part in parts if part)
+
+
+def parse_stop_details(value: object) -> StopDetails | None:
+    """``stop_details`` (``{"type": "refusal", "category", "explanation"}``), or None."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+        return None
+    return StopDetails(
+        type=value["type"],
+        category=_opt_str(value.get("category")),
+        explanation=_opt_str(value.get("explanation")),
     )
 
 
@@ -253,6 +282,7 @@ class StreamAssembler:
         self._model = ""
         self._message_id: str | None = None
         self._stop_reason: str | None = None
+        self._stop_details: StopDetails | None = None
         self._usage: dict[str, int] = {}
         self._blocks: dict[int, _Block] = {}
         # OpenAI-like chunks: tool calls are keyed by their own index, separate from text
@@ -304,11 +334,14 @@ class StreamAssembler:
             )
         texts: list[str] = list(self._text)
         calls: list[ToolCall] = []
+        thoughts: list[str] = []
         for _, block in sorted(self._blocks.items()):
             if block.kind == "text":
                 texts.append("".join(block.parts))
             elif block.kind == "tool_use":
                 calls.append(ToolCall(block.id, block.name, _tool_input(block)))
+            elif block.kind in ("thinking", "redacted_thinking"):
+                thoughts.append("".join(block.parts))
         calls.extend(
             ToolCall(block.id, block.name, normalise_arguments("".join(block.parts)))
             for _, block in sorted(self._calls.items())
@@ -327,6 +360,8 @@ class StreamAssembler:
             ),
             message_id=self._message_id,
             request_id=self.request_id,
+            thinking=join_thinking(thoughts),
+            stop_details=self._stop_details,
         )
 
     # ---- Anthropic events
@@ -346,6 +381,8 @@ class StreamAssembler:
         kind = _str(block.get("type"))
         # a text block may open with text already in it; a tool block's start input is {} by convention
         parts = [_str(block.get("text"))] if kind == "text" else []
+        if kind == "thinking":
+            parts = [_str(block.get("thinking"))]
         self._blocks[_index(data)] = _Block(kind, parts, _str(block.get("id")), _str(block.get("name")))
 
     def _block_delta(self, data: Mapping[str, Any]) -> None:
@@ -358,7 +395,9 @@ class StreamAssembler:
             block.parts.append(_str(delta.get("text")))
         elif kind == "input_json_delta":
             block.parts.append(_str(delta.get("partial_json")))
-        # thinking, signature and citations deltas do not reach the output
+        elif kind == "thinking_delta":
+            block.parts.append(_str(delta.get("thinking")))
+        # signature and citations deltas do not reach the output
 
     def _block_stop(self, data: Mapping[str, Any]) -> None:
         block = self._blocks.get(_index(data))
@@ -369,6 +408,8 @@ class StreamAssembler:
         delta = data.get("delta")
         if isinstance(delta, Mapping) and "stop_reason" in delta:
             self._stop_reason = _opt_str(delta.get("stop_reason"))
+        if isinstance(delta, Mapping) and "stop_details" in delta:
+            self._stop_details = parse_stop_details(delta.get("stop_details"))
         # usage here is cumulative: it replaces what message_start said, field by field
         self._merge_usage(data.get("usage"))
 

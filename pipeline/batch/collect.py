@@ -4,8 +4,10 @@ Each line is one row's outcome, joined to its row through the submission's rows 
 ``custom_id``; results are journalled a chunk at a time through the same writer as realtime mode, so
 the output schema and the rerun rules are the same:
 
-- ``succeeded``: an ``ok`` row with the usage exactly as the line reports it (a forced tool's input
-  that breaks its schema makes the row an error, ``schema_violation``, keeping the reply);
+- ``succeeded``: an ``ok`` row with the usage exactly as the line reports it; a message that is not a
+  success (:func:`pipeline.results.verdict.judge`, the same rule as realtime mode: cut off at
+  ``max_tokens``, refused, out of context, or breaking its schema) makes the row an error of that
+  type, keeping the reply;
 - ``errored``: an error row with the API's error type; ``invalid_request_error`` stays an error, other
   types are sent again by the next invocation (the rerun rule), up to ``[batch] max_attempts``;
 - ``expired``: an error row, ``expired``, sent again like a retryable error;
@@ -39,13 +41,13 @@ from pipeline.atomic import fsync_path
 from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, read_rows, row_leaders
 from pipeline.errors import ForeignBatch, RetryableApiError
 from pipeline.job.request import RequestSpec
-from pipeline.job.toolschema import schema_violation
 from pipeline.payloads.dedupe import shared_result
 from pipeline.records import Reply, Result, Row
 from pipeline.results.journal import Journal
 from pipeline.results.schema import output_schema
 from pipeline.results.store import ResultStore
 from pipeline.results.summary import ResultTally
+from pipeline.results.verdict import judge
 
 log = logging.getLogger("pipeline.batch")
 
@@ -260,10 +262,19 @@ class Collector:
         sub: Submission, row: Row, attempt: int, outcome: Outcome, now: datetime, request: RequestSpec | None
     ) -> Result:
         where = f"{ERROR_PREFIX}{sub.batch_id}: "
+        sent_with = request.max_tokens if request is not None else None
         if outcome.reply is not None:
-            violation = schema_violation(request, outcome.reply) if request is not None else None
-            if violation is None:
-                return Result(row, "ok", now, sub.fingerprint, reply=outcome.reply, attempts=attempt)
+            verdict = judge(request, outcome.reply)
+            if verdict is None:
+                return Result(
+                    row,
+                    "ok",
+                    now,
+                    sub.fingerprint,
+                    reply=outcome.reply,
+                    attempts=attempt,
+                    max_tokens=sent_with,
+                )
             return Result(
                 row,
                 "error",
@@ -271,8 +282,9 @@ class Collector:
                 sub.fingerprint,
                 reply=outcome.reply,  # paid for: its usage and text stay in the output
                 attempts=attempt,
-                error_type="schema_violation",
-                error_message=where + violation,
+                error_type=verdict.error_type,
+                error_message=where + verdict.message,
+                max_tokens=sent_with,
             )
         return Result(
             row,
@@ -282,4 +294,5 @@ class Collector:
             attempts=attempt,
             error_type=outcome.error_type,
             error_message=where + one_line(outcome.message or "", 200),
+            max_tokens=sent_with,
         )

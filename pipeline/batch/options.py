@@ -30,6 +30,7 @@ class BatchOptions:
     grace_s: float = 30.0
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
+    betas: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_attempts: int = 8
 
@@ -40,6 +41,7 @@ class BatchOptions:
             api_key=self.api_key,
             auth=self.auth,
             anthropic_version=self.anthropic_version,
+            betas=self.betas,
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
         )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.api.config import is_loopback
+from pipeline.api.models import checked_job
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
 from pipeline.batch.state import BatchLog, Submission, not_found_message, pending_row_ids, utc_now
@@ -77,8 +78,15 @@ async def run_batch(
     """Adopt orphans, collect ended batches, submit what is left (when ``spec`` is given), maybe wait.
 
     :param shutdown: as for ``realtime.run.run_job``: a stop the caller can ask for itself.
+    :raises SpecError: before anything is sent, when ``spec`` breaks its model's rules.
     """
     started = time.monotonic()
+    facts_source = ""
+    if spec is not None:
+        # refused up front, never per row (or hours later, in a batch's results)
+        config = options.client_config()
+        spec, facts = await checked_job(spec, config, options.output, mode="batch", transport=transport)
+        facts_source = facts.source
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
@@ -94,8 +102,11 @@ async def run_batch(
             store.start_fresh()
         else:
             store.compact()
+            if spec is not None:
+                store.adopt_legacy(spec.request)
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, spec, options)
+            engine.facts_source = facts_source
             return await engine.run(started, shutdown or Shutdown(options.grace_s))
 
 
@@ -153,6 +164,7 @@ class _Engine:
         self.collector = Collector(store, batch_log, api, self.tally)
         self.settings = spec.batch if spec is not None else _stored_settings(batch_log)
         self.notes: list[str] = []
+        self.facts_source = ""  # where the model's rules came from (the summary says)
         self.stop = asyncio.Event()
         self.submitted: list[Submission] = []
         self.submitted_rows = 0  # rows in submitted batches, followers (dedupe) included
@@ -332,10 +344,11 @@ class _Engine:
         table = open_job_input(spec, options.input)
         fingerprint = spec.request.fingerprint()
         settled = self.store.settled(
-            fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url)
+            spec.request, options.retry, sandbox_answers=is_loopback(options.base_url)
         )
         pending = pending_row_ids(self.log, self.log.submissions())
-        prior = prior_attempts(self.store, fingerprint)
+        legacy = spec.request.legacy_fingerprint()
+        prior = prior_attempts(self.store, [fingerprint, *([legacy] if legacy else [])])
         target = Target(options.base_url, options.sandbox, fingerprint, job_record(spec))
         submitter = Submitter(
             self.log,
@@ -414,6 +427,7 @@ class _Engine:
             attempts=0,
             error_type=failure.error_type,
             error_message=str(failure),
+            max_tokens=self.spec.request.max_tokens if self.spec is not None else None,
         )
         if self._journal is None:
             self._journal = self.store.new_journal(schema)
@@ -461,6 +475,7 @@ class _Engine:
             cost_usd=price.cost_usd(usage, batch=True, cache_ttl=ttl) if price is not None else None,
             priced_as=priced_as,
             rows_shared=tally.shared,
+            model_facts=self.facts_source,
         )
         return BatchOutcome(
             summary=summary,

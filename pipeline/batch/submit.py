@@ -60,7 +60,8 @@ def job_record(spec: JobSpec) -> dict[str, Any]:
         "api_key_env": spec.api.api_key_env,
         "auth": spec.api.auth,
         "anthropic_version": spec.api.anthropic_version,
-        "request": spec.request.model_dump(mode="json"),
+        "beta": list(spec.api.beta),
+        "request": spec.request.model_dump(mode="json", by_alias=True),
         "prices": spec.prices.model_dump(mode="json") if spec.prices is not None else None,
         "batch": spec.batch.model_dump(mode="json"),
     }
@@ -74,7 +75,7 @@ def batch_item(custom_id: str, payload: MessagePayload) -> bytes:
     ).encode()
 
 
-def prior_attempts(store: ResultStore, fingerprint: str) -> dict[str, int]:
+def prior_attempts(store: ResultStore, fingerprints: list[str]) -> dict[str, int]:
     """row_id -> batch attempts already made, for rows whose latest result is a batch error.
 
     A row that shared its leader's error (``shared_request_with``, attempts 0) counts the leader's
@@ -90,7 +91,7 @@ def prior_attempts(store: ResultStore, fingerprint: str) -> dict[str, int]:
         frame = (
             scan.filter(
                 (pl.col("status") == "error")
-                & (pl.col("request_fingerprint") == fingerprint)
+                & pl.col("request_fingerprint").is_in(fingerprints)
                 & pl.col("error_message").fill_null("").str.starts_with(ERROR_PREFIX)
             )
             .select("row_id", pl.col("attempts").fill_null(0), shared.alias("shared"))

@@ -21,6 +21,8 @@ def batch_text(outcome: BatchOutcome) -> str:
     lines += shared_and_error_lines(summary, shared="no request of their own")
     lines.append(tokens_text(summary.usage))
     lines.append(cost_line(summary.cost_usd, summary.priced_as))
+    if summary.model_facts:
+        lines.append(f"model rules: {summary.model_facts}")
     lines.append(f"results: {outcome.output / 'results.parquet'}")
     lines.append(pending_line(outcome))
     return "\n".join(lines)

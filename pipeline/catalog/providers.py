@@ -33,6 +33,8 @@ class Provider:
     tool_choice: bool
     prompt_caching: bool
     shape: Shape = "anthropic"  # the reply shape to expect
+    # GET /v1/models/{id} answering Anthropic's ModelInfo (capabilities); others use the shipped table
+    models_api: bool = False
     ratelimit_headers: bool = False  # sends anthropic-ratelimit-* headers
     key_required: bool = True
     note: str = ""
@@ -49,10 +51,11 @@ PRESETS: dict[str, Provider] = {
         tool_choice=True,
         prompt_caching=True,
         ratelimit_headers=True,
+        models_api=True,
         note="the hosted API",
     ),
     # github.com/aimlapi/api-docs (docs/capabilities/messages.json, 2026-05): Bearer auth; its batches
-    # live at /v1/batches with another shape; replies
+    # live at /v1/batches with another shape; its model list is not Anthropic's ModelInfo; replies
     # are the Anthropic Message in its /v1/messages spec but OpenAI-like in other pages
     "aimlapi": Provider(
         "aimlapi",
@@ -80,7 +83,7 @@ PRESETS: dict[str, Provider] = {
         note="a gateway answering /v1/messages in the OpenAI-like shape; set base_url",
     ),
     # vllm-project/vllm vllm/entrypoints/anthropic (api_router.py, protocol.py): /v1/messages and
-    # count_tokens; no batches; its own error types.
+    # count_tokens; no batches; its own error types; its /v1/models is OpenAI's list, not ModelInfo.
     # 8000 is `vllm serve`'s port; --api-key (or VLLM_API_KEY) makes it check a Bearer token.
     "vllm": Provider(
         "vllm",

@@ -71,6 +71,7 @@ def run_batch_mode(
             grace_s=grace_s,
             auth=spec.api.auth,
             anthropic_version=spec.api.anthropic_version,
+            betas=tuple(spec.api.beta),
             timeout_s=spec.limits.timeout_s,
             max_attempts=spec.limits.max_attempts,
         )
@@ -143,6 +144,7 @@ def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
         output=output,
         auth=stored.get("auth") or "x-api-key",
         anthropic_version=str(stored.get("anthropic_version") or "2023-06-01"),
+        betas=tuple(str(name) for name in stored.get("beta") or ()),
         **extra,
     )
 

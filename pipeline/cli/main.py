@@ -60,7 +60,8 @@ def cli() -> None:
     "--retry-errors",
     metavar="TYPES",
     help="Which earlier error rows to send again: all, none, or error types (comma-separated). "
-    "Default: all but invalid_request_error, request_too_large and not_found_error.",
+    "Default: all but invalid_request_error, request_too_large, not_found_error, refusal and "
+    "model_context_window_exceeded; rows cut off at max_tokens go again once it is raised.",
 )
 @click.option(
     "--max-error-rate",
@@ -352,7 +353,21 @@ def report(output: Path, out: Path | None, job: Path | None, thumb_px: int) -> N
     type=click.FloatRange(0, 1),
     default=0.0,
     show_default=True,
-    help="Share of answers whose tool input breaks the tool's input_schema (seeded).",
+    help="Share of answers whose tool input (or JSON answer) breaks its schema (seeded).",
+)
+@click.option(
+    "--refusal-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of answers that come back refused (stop_reason refusal; seeded).",
+)
+@click.option(
+    "--truncation-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of answers cut short at max_tokens (seeded).",
 )
 @click.option(
     "--batch-processing-s",
@@ -394,6 +409,8 @@ def sandbox(
     no_ratelimit_headers: bool,
     preset: str | None,
     tool_violation_rate: float,
+    refusal_rate: float,
+    truncation_rate: float,
     batch_processing_s: float,
     batch_errored_rate: float,
     batch_expired_rate: float,
@@ -423,6 +440,8 @@ def sandbox(
             slow_s=slow_s,
             api_key=api_key,
             tool_violation_rate=tool_violation_rate,
+            refusal_rate=refusal_rate,
+            truncation_rate=truncation_rate,
             batch_processing_s=batch_processing_s,
             batch_errored_rate=batch_errored_rate,
             batch_expired_rate=batch_expired_rate,

@@ -110,7 +110,8 @@ def server_url(spec: JobSpec, *, sandbox: bool, base_url: str | None) -> Iterato
         require("sandbox", "--sandbox")
         from pipeline.sandbox import SandboxConfig, running_sandbox
 
-        with running_sandbox(SandboxConfig()) as handle:
+        # a job for a self-hosted server names its own models: only the hosted API's preset knows them all
+        with running_sandbox(SandboxConfig(models_api=spec.api.preset.models_api)) as handle:
             yield handle.base_url
         return
     from_env = os.environ.get("ANTHROPIC_BASE_URL") if spec.api.provider == "anthropic" else None

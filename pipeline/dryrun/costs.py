@@ -57,7 +57,7 @@ class Costs:
 
 @dataclass(frozen=True, slots=True)
 class CacheOutlook:
-    """What prompt caching would do for this job's shared prefix (tools and system)."""
+    """What prompt caching would do for this job's shared prefix (tools, system and examples)."""
 
     enabled: bool  # the job sets cache = true
     prefix_tokens: int  # mean prefix per request
@@ -74,13 +74,14 @@ class CacheOutlook:
     def note(self, model: str) -> str:
         """One line about caching for people."""
         if self.prefix_tokens == 0:
-            return "prompt caching: nothing to cache (no system prompt or tools)"
+            return "prompt caching: nothing to cache (no system prompt, tools or examples)"
         if self.minimum is None:
             return f"prompt caching: minimum cacheable length for {model} unknown; assumed cacheable"
         if not self.cacheable:
             return (
-                f"prompt caching: the shared prefix (~{self.prefix_tokens:,} tokens of system and tools) "
-                f"is shorter than the {self.minimum:,}-token minimum for {model}, so it would not be cached"
+                f"prompt caching: the shared prefix (~{self.prefix_tokens:,} tokens of system, tools and"
+                f" examples) is shorter than the {self.minimum:,}-token minimum for {model}, so it would"
+                " not be cached"
             )
         state = "on (cache = true)" if self.enabled else "off; set cache = true in [request]"
         distinct = "" if self.distinct_prefixes == 1 else f" ({self.distinct_prefixes:,} distinct)"
@@ -111,7 +112,7 @@ class Estimate:
     largest_image: tuple[int, int] | None
     mean_image_pixels: int
     text_tokens: int  # prompt text and framing, over all requests
-    prefix_tokens: int  # system and tools, over all requests
+    prefix_tokens: int  # system, tools and examples, over all requests
     image_tokens: int
     cache: CacheOutlook
     max_tokens: int
@@ -121,6 +122,9 @@ class Estimate:
     priced_as: str
     exact: ExactCheck | None = None
     cache_ttl: str = "5m"
+    example_turns: int = 0
+    example_tokens: int = 0  # the examples' share of each request's prefix (text and images)
+    model_facts: str = ""  # where the model's rules came from
 
     @property
     def input_tokens(self) -> int:
@@ -195,6 +199,7 @@ class Estimate:
                 "total": self.input_tokens,
                 "text": self.text_tokens,
                 "system_and_tools": self.prefix_tokens,
+                "examples_per_request": self.example_tokens,
                 "images": self.image_tokens,
                 "corrected": round(self.input_tokens * self.scale) if self.exact else None,
             },
@@ -218,6 +223,7 @@ class Estimate:
                 "at_max_tokens": at_max.to_dict() if at_max else None,
             },
             "priced_as": self.priced_as,
+            "model_facts": self.model_facts,
             "exact": None
             if self.exact is None
             else {
@@ -264,6 +270,11 @@ def estimate_text(estimate: Estimate) -> str:
         f"input tokens: {e.input_tokens:,} ({e.text_tokens:,} prompt text, {e.prefix_tokens:,} system and "
         f"tools, {e.image_tokens:,} images)"
     )
+    if e.example_turns:
+        lines.append(
+            f"examples: {e.example_turns} turns, ~{e.example_tokens:,} tokens in every request's shared"
+            " prefix (counted with system and tools)"
+        )
     if e.exact is not None:
         x = e.exact
         lines.append(
@@ -296,6 +307,7 @@ def estimate_text(estimate: Estimate) -> str:
     if e.cache.cacheable:
         lines.append("with caching: every later request is assumed to hit; batch-mode hits are best effort")
     lines.append(f"prices: {e.priced_as}")
+    lines.append(f"model rules: {e.model_facts}")
     return "\n".join(lines)
 
 

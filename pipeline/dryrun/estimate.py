@@ -22,14 +22,22 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.models import checked_job_offline
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.dryrun.costs import TYPICAL_OUTPUT_SHARE, CacheOutlook, Estimate, ExactCheck
 from pipeline.dryrun.validate import row_problem
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import system_text
-from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
-from pipeline.payloads.tokens import RequestTokens, min_cacheable_tokens, request_tokens
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_examples, prepare_rows
+from pipeline.payloads.tokens import (
+    RequestTokens,
+    image_tokens,
+    min_cacheable_tokens,
+    request_tokens,
+    text_tokens,
+)
 from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
 from pipeline.rows.media import offline_loader
 from pipeline.rows.memory import InputSource
@@ -65,6 +73,7 @@ class _Walk:
     prefixes: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     sample: list[tuple[MessagePayload, int]] = field(default_factory=list)
     sample_seen: int = 0
+    example_tokens: int = 0
 
 
 def estimate_job(
@@ -82,10 +91,13 @@ def estimate_job(
 
     :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
         being estimated goes to a server on this machine; see ``results.store.settled_rows``).
+    :raises SpecError: the job breaks its model's rules (checked offline: a cached ``/v1/models``
+        answer in ``output``, else the shipped table).
     """
+    spec, facts = checked_job_offline(spec, output)
     request = spec.request
     table = open_job_input(spec, source)
-    settled, typical = _earlier_results(output, request.fingerprint(), sandbox_answers)
+    settled, typical = _earlier_results(output, request, sandbox_answers)
     walk = _Walk()
     rng = random.Random(0)  # the same sample every time for the same input
     asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
@@ -112,7 +124,7 @@ def estimate_job(
         dedupe=request.dedupes,
         images=walk.images,
         remote_images=walk.remote_images,
-        image_max_edge=request.image_max_edge,
+        image_max_edge=request.image_edge,
         image_max_pixels=request.image_max_pixels,
         largest_image=walk.largest,
         mean_image_pixels=walk.pixels // walk.images if walk.images else 0,
@@ -127,6 +139,9 @@ def estimate_job(
         priced_as=describe_price(price, request.model),
         exact=exact,
         cache_ttl=request.cache_ttl,
+        example_turns=len(request.examples),
+        example_tokens=walk.example_tokens,
+        model_facts=facts.source,
     )
 
 
@@ -150,7 +165,7 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
 
 
 def _earlier_results(
-    output: Path, fingerprint: str, sandbox_answers: bool
+    output: Path, request: RequestSpec, sandbox_answers: bool
 ) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
@@ -163,9 +178,11 @@ def _earlier_results(
     if frame is None or frame.is_empty():
         return {}, None
     try:
-        settled = settled_rows(frame.lazy(), fingerprint, RerunPolicy(), sandbox_answers=sandbox_answers)
+        settled = settled_rows(frame.lazy(), request, RerunPolicy(), sandbox_answers=sandbox_answers)
+        legacy = request.legacy_fingerprint()
+        fingerprints = [request.fingerprint(), *([legacy] if legacy else [])]
         answered = frame.filter(
-            (pl.col("request_fingerprint") == fingerprint)
+            pl.col("request_fingerprint").is_in(fingerprints)
             & (pl.col("status") == "ok")
             & (pl.col("output_tokens") > 0)
         )
@@ -203,6 +220,12 @@ async def _walk_rows(
         _count_request(walk, prepared, rng, sample)
 
     load = offline_loader(request.image_root, remote)
+    if request.examples:
+        prefix = await prepare_examples(request)
+        text = "".join(turn.text for turn in request.examples)
+        walk.example_tokens = text_tokens(text, request.model) + sum(
+            image_tokens(image.width, image.height, request.model) for image in prefix.images
+        )
     await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
 
 
@@ -222,7 +245,7 @@ def _count_request(walk: _Walk, prepared: Prepared, rng: random.Random, sample: 
         walk.seen.add(key)
     walk.requests += 1
     images = prepared.images
-    tokens: RequestTokens = request_tokens(payload, images)
+    tokens: RequestTokens = request_tokens(payload, images, prepared.prefix_images)
     walk.text += tokens.text
     walk.prefix += tokens.prefix
     walk.image_tokens += tokens.images

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.catalog.providers import PRESETS, Provider, ProviderName, preset, unsupported_features
 from pipeline.errors import SpecError
-from pipeline.job.request import RequestSpec, StrictModel
+from pipeline.job.request import ExampleTurn, RequestSpec, StrictModel
 
 
 class ApiSpec(StrictModel):
@@ -34,6 +34,16 @@ class ApiSpec(StrictModel):
     anthropic_version: str = "2023-06-01"
     # "batch": send through the Message Batches API (half price, results within 24 h); see [batch]
     mode: Literal["realtime", "batch"] = "realtime"
+    # sent as the anthropic-beta header (comma-joined), for features newer than the job file's keys
+    beta: list[str] = Field(default_factory=list)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip() or "," in name or any(ch.isspace() for ch in name):
+                raise ValueError(f'beta: {name!r} is not a beta name (like "files-api-2025-04-14")')
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -142,9 +152,10 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
         raise SpecError(
             f"{path}: request.cache: provider {spec.api.provider!r} does not support prompt caching"
         )
-    if request.cache and not (request.system or request.tools):
+    if request.cache and not (request.system or request.tools or request.examples):
         raise SpecError(
-            f"{path}: request.cache: nothing to cache; caching marks the shared system prompt and tools"
+            f"{path}: request.cache: nothing to cache; caching marks the shared system prompt, tools"
+            " and examples"
         )
     for problem in unsupported_features(spec.api.preset, tool_choice=request.tool_choice is not None):
         raise SpecError(f"{path}: {problem}")
@@ -154,6 +165,8 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
         if not Path(root).is_dir():
             raise SpecError(f"{path}: request.image_root: {root!r} is not a directory")
         request = request.model_copy(update={"image_root": root})
+    if any(turn.images for turn in request.examples):
+        request = request.model_copy(update={"examples": _resolve_examples(path, request)})
     return spec.model_copy(
         update={
             "input": _resolve(base, spec.input),
@@ -161,6 +174,18 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
             "request": request,
         }
     )
+
+
+def _resolve_examples(path: Path, request: RequestSpec) -> list[ExampleTurn]:
+    """Example images resolved next to the job file; a missing one is an error for the job, once."""
+    turns: list[ExampleTurn] = []
+    for index, turn in enumerate(request.examples):
+        images = [_resolve(path.parent, image) for image in turn.images]
+        for image in images:
+            if not Path(image).is_file():
+                raise SpecError(f"{path}: request.examples.{index}.images: {image!r} is not a file")
+        turns.append(turn.model_copy(update={"images": images}))
+    return turns
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -1,5 +1,6 @@
-"""Tool schemas: the job's ``input_schema`` checked as JSON Schema, and a reply's tool input
-checked against it (``schema_violation``). Pure: no I/O."""
+"""Answer schemas: the job's ``input_schema`` / ``output_schema`` / ``output_config.format`` schema
+checked as JSON Schema, and a reply's tool input or structured answer checked against it
+(``schema_violation``). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pipeline.records import Reply
+
+# the forced tool output_schema travels as (see pipeline.job.request; not imported: request imports us)
+OUTPUT_TOOL = "structured_output"
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
@@ -29,14 +33,19 @@ def forced_tool(request: RequestSpec) -> str | None:
 
 
 def schema_violation(request: RequestSpec, reply: Reply) -> str | None:
-    """Why ``reply`` breaks a tool's schema, or None when every tool input conforms.
+    """Why ``reply`` breaks a schema, or None when every tool input and the structured answer conform.
 
     Every ``tool_use`` block is checked against the ``input_schema`` of the tool it names; a call to
-    an undeclared tool is a violation, and so is a reply without a call to the forced tool.
+    an undeclared tool is a violation, and so is a reply without a call to the forced tool. A
+    structured answer (``output_schema``: the answer tool's input or the text; ``output_config.format``:
+    the text) must be JSON that validates against its schema.
     """
-    if not request.tools:
-        return None
     schemas = {tool.name: tool.input_schema for tool in request.tools}
+    if request.output_schema is not None:
+        schemas[OUTPUT_TOOL] = request.output_schema
+    answer = request.answer_schema
+    if not schemas and answer is None:
+        return None
     forced = forced_tool(request)
     if forced is not None and all(call.name != forced for call in reply.tool_calls):
         return f"the reply has no {forced} tool call (stop_reason {reply.stop_reason})"
@@ -51,11 +60,44 @@ def schema_violation(request: RequestSpec, reply: Reply) -> str | None:
         problem = _first_error(_validator(_canonical(schema)), value)
         if problem is not None:
             return f"{call.name} input {problem}"[:MESSAGE_LIMIT]
-    return None
+    if answer is None or any(call.name == OUTPUT_TOOL for call in reply.tool_calls):
+        return None  # an answer through the answer tool was checked above
+    try:
+        value = read_answer(reply, tool=None, text=True)
+    except ValueError as exc:
+        return f"{exc} (stop_reason {reply.stop_reason})"[:MESSAGE_LIMIT]
+    problem = _first_error(_validator(_canonical(answer)), value)
+    return None if problem is None else f"answer {problem}"[:MESSAGE_LIMIT]
 
 
-def check_tool_schema(schema: Mapping[str, Any]) -> None:
-    """Raise ValueError when ``schema`` is not a valid JSON Schema (checked once, at job load)."""
+def read_answer(reply: Reply, *, tool: str | None, text: bool) -> Any:
+    """A structured answer: the input of ``tool``'s first call in ``reply``, else (``text``) its JSON text.
+
+    :raises ValueError: saying what is missing or not JSON.
+    """
+    if tool is not None:
+        call = next((c for c in reply.tool_calls if c.name == tool), None)
+        if call is not None:
+            try:
+                return json.loads(call.input_json)
+            except ValueError:
+                raise ValueError(f"{tool} input is not JSON") from None
+    if not text:
+        raise ValueError(f"the reply has no {tool} tool call")
+    body = reply.text.strip()
+    if not body:
+        raise ValueError("the reply has no JSON answer")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ValueError(f"the reply text is not JSON: {body[:60]!r}") from None
+
+
+def check_tool_schema(schema: Mapping[str, Any], *, what: str = "input_schema") -> None:
+    """Raise ValueError when ``schema`` is not a valid JSON Schema (checked once, at job load).
+
+    :param what: the key named in the message (``input_schema``, ``output_schema``, ...).
+    """
     from jsonschema.exceptions import SchemaError
     from jsonschema.validators import validator_for
 
@@ -64,7 +106,7 @@ def check_tool_schema(schema: Mapping[str, Any]) -> None:
         cls.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(part) for part in exc.path) or "(root)"
-        raise ValueError(f"input_schema is not a valid JSON Schema at {where}: {exc.message}") from None
+        raise ValueError(f"{what} is not a valid JSON Schema at {where}: {exc.message}") from None
 
 
 def _canonical(schema: Mapping[str, Any]) -> str:

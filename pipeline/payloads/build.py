@@ -1,8 +1,10 @@
 """Turns a row's cells plus the job's ``[request]`` into a Messages payload. Pure: no I/O, no clock.
 
-Owns: prompt rendering, the payload shape (images before the prompt text, as the vision docs advise),
-the local input-token estimate the rate limiter charges before a request is sent, and refusing a
-request the API would reject for its size (so that row is an error and nothing is sent).
+Owns: prompt rendering, the payload shape (few-shot example turns first, then the row's message with
+its images before the prompt text, as the vision docs advise), how thinking, ``output_config``,
+``output_schema`` (as ``output_config.format`` or a forced tool) and ``[request.extra]`` reach the
+body, the local input-token estimate the rate limiter charges before a request is sent, and refusing
+a request the API would reject for its size (so that row is an error and nothing is sent).
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ import json
 import math
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
+from pipeline.catalog.models import model_facts
 from pipeline.errors import RowError
-from pipeline.job.request import RequestSpec
+from pipeline.job.request import OUTPUT_TOOL_DESCRIPTION, RequestSpec
+from pipeline.job.rules import structured_via
+from pipeline.job.toolschema import OUTPUT_TOOL
 from pipeline.payloads.images import PreparedImage, estimate_image_tokens
+from pipeline.payloads.structured import adapt_schema
 from pipeline.wire import (
+    AssistantMessage,
     CacheControl,
     ImageBlock,
+    Message,
     MessagePayload,
+    OutputConfig,
     SystemBlock,
     TextBlock,
     ToolParam,
@@ -67,27 +76,68 @@ def render_template(template: str, cells: Mapping[str, Any]) -> str:
 
 
 def tool_params(request: RequestSpec) -> list[ToolParam]:
-    """The job's tools in wire form."""
+    """The job's tools in wire form, and the answer tool when ``output_schema`` travels as a forced tool."""
     params: list[ToolParam] = []
     for tool in request.tools:
         param: ToolParam = {"name": tool.name, "input_schema": tool.input_schema}
         if tool.description is not None:
             param["description"] = tool.description
+        if tool.strict is not None:
+            param["strict"] = tool.strict
         params.append(param)
+    if request.output_schema is not None and answer_via(request) == "tool":
+        params.append(
+            {
+                "name": OUTPUT_TOOL,
+                "description": OUTPUT_TOOL_DESCRIPTION,
+                "input_schema": request.output_schema,
+            }
+        )
     return params
 
 
-def build_payload(
-    request: RequestSpec, cells: Mapping[str, Any], images: Sequence[PreparedImage]
-) -> MessagePayload:
-    """The Messages request body for one row."""
-    content: list[TextBlock | ImageBlock] = [
+def answer_via(request: RequestSpec) -> str | None:
+    """How ``output_schema`` travels: as the job (or the run, from the model's facts) decided, else
+    by the shipped model table: ``format``, ``tool``, or None without an ``output_schema``."""
+    return structured_via(request, model_facts(request.model))
+
+
+def image_blocks(images: Sequence[PreparedImage]) -> list[TextBlock | ImageBlock]:
+    """Base64 image blocks, in order."""
+    return [
         {
             "type": "image",
             "source": {"type": "base64", "media_type": image.media_type, "data": image.data_b64},
         }
         for image in images
     ]
+
+
+def example_messages(request: RequestSpec, images: Sequence[Sequence[PreparedImage]]) -> tuple[Message, ...]:
+    """The few-shot turns as messages: each turn's images (as prepared) before its text."""
+    messages: list[Message] = []
+    for turn, prepared in zip(request.examples, images, strict=True):
+        content = image_blocks(prepared)
+        content.append({"type": "text", "text": turn.text})
+        if turn.role == "user":
+            messages.append(UserMessage(role="user", content=content))
+        else:
+            messages.append(AssistantMessage(role="assistant", content=content))
+    return tuple(messages)
+
+
+def build_payload(
+    request: RequestSpec,
+    cells: Mapping[str, Any],
+    images: Sequence[PreparedImage],
+    examples: Sequence[Message] = (),
+) -> MessagePayload:
+    """The Messages request body for one row.
+
+    :param examples: the few-shot turns (:func:`example_messages`), shared by every row: they are
+        copied, never changed, so one prepared prefix serves the whole run.
+    """
+    content = image_blocks(images)
     prompt = render_template(request.prompt, cells)
     if not prompt.strip():
         # the API answers 400 to an empty text block: refuse here, once, instead of sending it
@@ -97,10 +147,13 @@ def build_payload(
         )
     content.append({"type": "text", "text": prompt})
     message: UserMessage = {"role": "user", "content": content}
+    turns: list[Message] = [
+        cast(Message, {"role": turn["role"], "content": list(turn["content"])}) for turn in examples
+    ]
     payload: MessagePayload = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": [message],
+        "messages": [*turns, message],
     }
     system = render_template(request.system, cells) if request.system is not None else ""
     if system.strip():  # an empty system prompt says nothing: leave it out rather than risk a 400
@@ -113,30 +166,61 @@ def build_payload(
         payload["top_k"] = request.top_k
     if request.stop_sequences:
         payload["stop_sequences"] = list(request.stop_sequences)
-    if request.tools:
-        payload["tools"] = tool_params(request)
+    if tools := tool_params(request):
+        payload["tools"] = tools
     if request.tool_choice is not None:
         payload["tool_choice"] = dict(request.tool_choice)
+    _add_settings(request, payload)
     if request.cache:
-        mark_cached_prefix(payload, request.cache_ttl)
+        mark_cached_prefix(payload, request.cache_ttl, examples=len(turns))
     if request.streaming:
         payload["stream"] = True
+    if request.extra:
+        # keys the job names itself are refused at load, so extra only adds
+        cast(dict[str, Any], payload).update(request.extra)
     return payload
 
 
-def mark_cached_prefix(payload: MessagePayload, ttl: str) -> None:
-    """Put one ``cache_control`` breakpoint at the end of the shared prefix (tools, then system).
+def _add_settings(request: RequestSpec, payload: MessagePayload) -> None:
+    """Thinking, ``output_config`` and the forced answer tool, as the request and the model ask."""
+    if request.thinking is not None:
+        payload["thinking"] = request.thinking.model_dump(exclude_none=True)  # type: ignore[typeddict-item]
+    config: OutputConfig = {}
+    if request.output_config is not None:
+        if request.output_config.effort is not None:
+            config["effort"] = request.output_config.effort
+        if request.output_config.format is not None:
+            config["format"] = {"type": "json_schema", "schema": request.output_config.format.json_schema}
+    via = answer_via(request)
+    if request.output_schema is not None and via == "format":
+        config["format"] = {"type": "json_schema", "schema": adapt_schema(request.output_schema)}
+    elif request.output_schema is not None and via == "tool":
+        payload["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL}
+    if config:
+        payload["output_config"] = config
+
+
+def mark_cached_prefix(payload: MessagePayload, ttl: str, *, examples: int = 0) -> None:
+    """Put one ``cache_control`` breakpoint at the end of the shared prefix (tools, system, examples).
 
     The cache covers everything up to the breakpoint in the API's prefix order ``tools -> system ->
     messages`` (https://platform.claude.com/docs/en/build-with-claude/prompt-caching), so one mark on
-    the system prompt caches tools and system together; without a system prompt it goes on the last
-    tool. The row's own content stays after it.
+    the last block of the last example turn caches tools, system and examples together; without
+    examples it goes on the system prompt, and without that on the last tool. The row's own content
+    stays after it.
+
+    :param examples: how many of ``payload["messages"]`` are the shared few-shot turns.
     """
     control: CacheControl = {"type": "ephemeral"}
     if ttl == "1h":
         control["ttl"] = "1h"  # 5m is the API's default: left out, the body stays what it always was
     system = payload.get("system")
-    if isinstance(system, str):
+    if examples:
+        turn = payload["messages"][examples - 1]
+        last = dict(turn["content"][-1])  # a copy: the prepared prefix is shared by every row
+        last["cache_control"] = control
+        turn["content"][-1] = cast(TextBlock, last)
+    elif isinstance(system, str):
         block: SystemBlock = {"type": "text", "text": system, "cache_control": control}
         payload["system"] = [block]
     elif payload.get("tools"):

@@ -4,7 +4,9 @@
 built, its size checked); :func:`prepare_rows` walks an input through it: rows read in a worker
 thread, filtered, prepared a bounded number at a time, and each outcome (a payload, or the row's
 error) handed to the caller while its slot is still held. The drivers and the dry runs differ only
-in what they do with each outcome.
+in what they do with each outcome. The few-shot examples (:func:`prepare_examples`) are prepared
+once per walk and shared by every row; an example image that cannot be read stops the job (a
+``SpecError``), since every row would carry it.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import RowError
+from pipeline.errors import RowError, SpecError
 from pipeline.job.request import RequestSpec, template_fields
 from pipeline.job.spec import JobSpec
-from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, request_key
+from pipeline.payloads.build import (
+    build_payload,
+    check_request_size,
+    estimate_input_tokens,
+    example_messages,
+    request_key,
+)
 from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
 from pipeline.records import Row
 from pipeline.rows.media import describe_cell, is_remote
 from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
-from pipeline.wire import MessagePayload
+from pipeline.wire import Message, MessagePayload
 
 log = logging.getLogger("pipeline.run")
 
@@ -45,11 +53,67 @@ Loader = Callable[[str, Path], Awaitable[bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
+class ExamplePrefix:
+    """The few-shot turns as sent, prepared once: under the usual image policy, and under the
+    more-than-20-images one (used when a row's images and the examples' pass 20 together)."""
+
+    messages: tuple[Message, ...] = ()
+    images: tuple[PreparedImage, ...] = ()
+    many_messages: tuple[Message, ...] = ()
+    many_images: tuple[PreparedImage, ...] = ()
+
+    def pick(self, many: bool) -> tuple[tuple[Message, ...], tuple[PreparedImage, ...]]:
+        """The messages and images to send, for a request that holds more than 20 images or not."""
+        return (self.many_messages, self.many_images) if many else (self.messages, self.images)
+
+
+NO_EXAMPLES = ExamplePrefix()
+
+
+async def prepare_examples(request: RequestSpec) -> ExamplePrefix:
+    """The job's ``[[request.examples]]`` as messages, their images loaded and prepared (in threads).
+
+    :raises SpecError: an example image cannot be read or prepared (every row would fail with it).
+    """
+    if not request.examples:
+        return NO_EXAMPLES
+    policy = ImagePolicy(max_edge=request.image_edge, max_pixels=request.image_max_pixels)
+    usual = await _example_images(request, policy)
+    many = usual
+    if any(usual) and policy.max_edge > policy.for_many_images().max_edge:
+        many = await _example_images(request, policy.for_many_images())
+    return ExamplePrefix(
+        messages=example_messages(request, usual),
+        images=tuple(image for turn in usual for image in turn),
+        many_messages=example_messages(request, many),
+        many_images=tuple(image for turn in many for image in turn),
+    )
+
+
+async def _example_images(request: RequestSpec, policy: ImagePolicy) -> list[list[PreparedImage]]:
+    turns: list[list[PreparedImage]] = []
+    for index, turn in enumerate(request.examples):
+        prepared: list[PreparedImage] = []
+        for path in turn.images:
+            label = f"request.examples.{index}.images {path!r}"
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+                prepared.append(await asyncio.to_thread(prepare_image, data, policy, label=label))
+            except OSError as exc:
+                raise SpecError(f"{label}: cannot read it: {exc.strerror or exc}") from None
+            except RowError as exc:
+                raise SpecError(str(exc)) from None
+        turns.append(prepared)
+    return turns
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """One row made ready to send, or the reason it cannot be (``error``; then there is no payload).
 
     :param input_tokens: the high estimate rate limits and size checks use (``build``).
-    :param images: the images as they will be sent, when the walk was asked to keep them.
+    :param images: the row's images as they will be sent, when the walk was asked to keep them.
+    :param prefix_images: the examples' images this request carries, when the walk keeps images.
     :param key: the request key (``build.request_key``), when the walk was asked for keys.
     """
 
@@ -60,6 +124,7 @@ class Prepared:
     images: tuple[PreparedImage, ...] = ()
     key: str | None = None
     error: RowError | None = None
+    prefix_images: tuple[PreparedImage, ...] = ()
 
     @property
     def row(self) -> Row:
@@ -100,10 +165,13 @@ async def prepare_rows(
     """
     gate = asyncio.Semaphore(slots)
     cpu = asyncio.Semaphore(CPU_SLOTS)
+    examples = await prepare_examples(request)
 
     async def one(sourced: SourcedRow) -> None:
         try:
-            outcome = await _prepare_one(request, sourced, load, cpu, keys=keys, keep_images=keep_images)
+            outcome = await _prepare_one(
+                request, sourced, load, cpu, keys=keys, keep_images=keep_images, examples=examples
+            )
             await take(outcome)
         finally:
             gate.release()
@@ -128,11 +196,12 @@ async def _prepare_one(
     *,
     keys: bool,
     keep_images: bool,
+    examples: ExamplePrefix,
 ) -> Prepared:
     images: list[PreparedImage] = []
     try:
         payload, input_tokens, count = await prepare_request(
-            request, sourced, load, prepared=images if keep_images else None, cpu=cpu
+            request, sourced, load, prepared=images if keep_images else None, examples=examples, cpu=cpu
         )
     except RowError as exc:
         return Prepared(sourced, error=exc)
@@ -144,7 +213,8 @@ async def _prepare_one(
     if keys:
         # hashing megabytes of base64 is CPU work: keep it off the loop when there are images
         key = await asyncio.to_thread(request_key, payload) if count else request_key(payload)
-    return Prepared(sourced, payload, input_tokens, count, tuple(images), key)
+    prefix = examples.pick(count + len(examples.images) > MANY_IMAGES)[1] if keep_images else ()
+    return Prepared(sourced, payload, input_tokens, count, tuple(images), key, prefix_images=prefix)
 
 
 def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
@@ -153,7 +223,10 @@ def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:
     """Input columns the job reads, each with what reads it (for the missing-column message)."""
-    users = [("request.prompt", template_fields(request.prompt)), ("request.images", request.images)]
+    users: list[tuple[str, list[str]]] = [
+        ("request.prompt", template_fields(request.prompt)),
+        ("request.images", request.images),
+    ]
     if request.system is not None:
         users.insert(1, ("request.system", template_fields(request.system)))
     needed: dict[str, str] = {}
@@ -178,19 +251,24 @@ async def prepare_request(
     load: Callable[[str, Path], Awaitable[bytes | None]],
     *,
     prepared: list[PreparedImage] | None = None,
+    examples: ExamplePrefix | None = None,
     cpu: asyncio.Semaphore | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
     The one place a row becomes a request, for ``run``, ``validate`` and ``estimate`` alike: ``load``
     fetches an image cell's bytes, or returns None to leave the image out (``validate`` and
-    ``estimate`` fetch no URLs). ``prepared``, when given, receives the images as they will be sent.
+    ``estimate`` fetch no URLs). ``prepared``, when given, receives the row's images as they will be
+    sent. ``examples`` is the walk's prepared few-shot prefix (prepared here when not given).
     ``cpu``, when given, is held while an image is decoded and encoded, and for a local file (or a
     ``data:`` URI) while it is read too; a URL is downloaded before it is waited for.
     """
+    if examples is None:
+        examples = await prepare_examples(request)
     cells = image_cells(request, sourced.row)
-    policy = ImagePolicy(max_edge=request.image_max_edge, max_pixels=request.image_max_pixels)
-    if len(cells) > MANY_IMAGES:
+    policy = ImagePolicy(max_edge=request.image_edge, max_pixels=request.image_max_pixels)
+    many = len(cells) + len(examples.images) > MANY_IMAGES
+    if many:
         policy = policy.for_many_images()
     images: list[PreparedImage] = []
     for column, cell in cells:
@@ -198,8 +276,9 @@ async def prepare_request(
         image = await _load_image(cell, sourced.base_dir, load, policy, label, cpu)
         if image is not None:
             images.append(image)
-    payload = build_payload(request, sourced.row.values, images)
-    input_tokens = estimate_input_tokens(payload, images)
+    turns, prefix_images = examples.pick(many)
+    payload = build_payload(request, sourced.row.values, images, turns)
+    input_tokens = estimate_input_tokens(payload, [*prefix_images, *images])
     # a request the API would refuse for its size is this row's error, and is never sent
     check_request_size(payload, input_tokens, request.input_token_limit)
     if prepared is not None:

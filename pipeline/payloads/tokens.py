@@ -26,7 +26,7 @@ from pipeline.catalog.models import model_facts
 from pipeline.job.request import RequestSpec
 from pipeline.payloads.build import system_text, tool_params
 from pipeline.payloads.images import PreparedImage
-from pipeline.wire import MessagePayload
+from pipeline.wire import Message, MessagePayload
 
 PROSE_CHARS_PER_TOKEN = 4.0
 JSON_CHARS_PER_TOKEN = 2.5
@@ -69,9 +69,10 @@ def image_tokens(width: int, height: int, model: str) -> int:
 class RequestTokens:
     """The likely input tokens of one request, split the way caching and reporting need.
 
-    :param prefix: tools and system prompt, the part ``cache = true`` marks (the cache's prefix order).
+    :param prefix: tools, system prompt and few-shot examples (their images included), the part
+        ``cache = true`` marks (the cache's prefix order).
     :param text: the rest of the text (the rendered prompt) plus message framing.
-    :param images: all image blocks.
+    :param images: the row's own image blocks.
     """
 
     prefix: int
@@ -84,19 +85,33 @@ class RequestTokens:
         return self.prefix + self.text + self.images
 
 
-def request_tokens(payload: MessagePayload, images: Sequence[PreparedImage]) -> RequestTokens:
-    """The likely input tokens of ``payload`` whose images are ``images`` (as sent)."""
+def request_tokens(
+    payload: MessagePayload,
+    images: Sequence[PreparedImage],
+    prefix_images: Sequence[PreparedImage] = (),
+) -> RequestTokens:
+    """The likely input tokens of ``payload`` whose row images are ``images`` (as sent).
+
+    :param prefix_images: the few-shot examples' images (the turns before the row's own message).
+    """
     model = payload["model"]
     prefix = text_tokens(system_text(payload), model)
     if payload.get("tools"):
         bare = [{k: v for k, v in tool.items() if k != "cache_control"} for tool in payload["tools"]]
         tools_json = json.dumps(bare, separators=(",", ":"))
         prefix += text_tokens(tools_json, model, chars_per_token=JSON_CHARS_PER_TOKEN)
-    blocks = [block for message in payload["messages"] for block in message["content"]]
-    prose = "".join(block["text"] for block in blocks if block["type"] == "text")
-    text = text_tokens(prose, model) + FRAMING_TOKENS_PER_MESSAGE * len(payload["messages"])
+    *turns, own = payload["messages"]
+    prefix += text_tokens(_prose(turns), model) + FRAMING_TOKENS_PER_MESSAGE * len(turns)
+    prefix += sum(image_tokens(image.width, image.height, model) for image in prefix_images)
+    text = text_tokens(_prose([own]), model) + FRAMING_TOKENS_PER_MESSAGE
     pictures = sum(image_tokens(image.width, image.height, model) for image in images)
     return RequestTokens(prefix=prefix, text=text, images=pictures)
+
+
+def _prose(messages: Sequence[Message]) -> str:
+    return "".join(
+        block["text"] for message in messages for block in message["content"] if block["type"] == "text"
+    )
 
 
 def cache_shortfall(request: RequestSpec) -> str | None:
@@ -107,13 +122,16 @@ def cache_shortfall(request: RequestSpec) -> str | None:
     minimum = min_cacheable_tokens(request.model)
     if minimum is None:
         return None
+    if any(turn.images for turn in request.examples):
+        return None  # example images add tokens this check cannot see without loading them
     tokens = text_tokens(request.system or "", request.model)
-    if request.tools:
-        tools_json = json.dumps(tool_params(request), separators=(",", ":"))
+    if params := tool_params(request):
+        tools_json = json.dumps(params, separators=(",", ":"))
         tokens += text_tokens(tools_json, request.model, chars_per_token=JSON_CHARS_PER_TOKEN)
+    tokens += text_tokens("".join(turn.text for turn in request.examples), request.model)
     if tokens >= minimum:
         return None
     return (
-        f"request.cache: the shared prefix (system prompt and tools, ~{tokens:,} tokens) is shorter than "
-        f"the {minimum:,} tokens {request.model} caches at least, so the API will not cache it"
+        f"request.cache: the shared prefix (system prompt, tools and examples, ~{tokens:,} tokens) is"
+        f" shorter than the {minimum:,} tokens {request.model} caches at least, so the API will not cache it"
     )

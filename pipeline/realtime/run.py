@@ -2,7 +2,10 @@
 
 Owns: back-pressure (a bounded queue and a bounded number of rows being prepared), skipping rows
 already done, turning a row's failure into an error result, stopping the run on a fatal API error,
-and folding the journal into ``results.parquet`` however the run ends. Builds, parses and formats nothing.
+and folding the journal into ``results.parquet`` however the run ends. Before anything is sent it
+reads the model's facts (``GET /v1/models``, cached, or the shipped table: :mod:`pipeline.api.models`)
+and refuses a job that breaks the model's rules (:mod:`pipeline.job.rules`). Builds, parses and
+formats nothing; whether a reply is a success is :mod:`pipeline.results.verdict`'s to say.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.config import is_loopback
+from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
-from pipeline.job.toolschema import schema_violation
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.payloads.prepare import DEFAULT_SLOTS, Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
@@ -33,6 +36,7 @@ from pipeline.results.progress import Progress, View
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore, note_job
 from pipeline.results.summary import ResultTally
+from pipeline.results.verdict import Verdict, judge
 from pipeline.rows.media import online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
@@ -93,9 +97,12 @@ class _Tally(ResultTally):
 class _Recorder:
     """Journals each result the moment it exists, so a crash loses only requests in flight."""
 
-    def __init__(self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None) -> None:
+    def __init__(
+        self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None, max_tokens: int | None = None
+    ) -> None:
         self.journal = journal
         self.fingerprint = fingerprint
+        self.max_tokens = max_tokens  # what every request of this run is sent with
         self.tally = _Tally()
         self.dedupe = dedupe
 
@@ -103,19 +110,20 @@ class _Recorder:
         """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
         self._record(shared_result(leader, row))
 
-    def answered(self, row: Row, sent: Sent, violation: str | None = None) -> None:
-        """A reply: ``ok``, or, when its tool input breaks the schema, an error row that keeps its tokens."""
+    def answered(self, row: Row, sent: Sent, verdict: Verdict | None = None) -> None:
+        """A reply: ``ok``, or an error row of the verdict's type that keeps the answer and its tokens."""
         self._record(
             Result(
                 row=row,
-                status="ok" if violation is None else "error",
+                status="ok" if verdict is None else "error",
                 finished_at=datetime.now(UTC),
                 fingerprint=self.fingerprint,
                 reply=sent.reply,
                 attempts=sent.attempts,
                 latency_ms=round(sent.latency_ms, 1),
-                error_type=None if violation is None else "schema_violation",
-                error_message=violation,
+                error_type=None if verdict is None else verdict.error_type,
+                error_message=None if verdict is None else verdict.message,
+                max_tokens=self.max_tokens,
             )
         )
 
@@ -129,6 +137,7 @@ class _Recorder:
                 attempts=attempts,
                 error_type=error_type,
                 error_message=message,
+                max_tokens=self.max_tokens,
             )
         )
 
@@ -153,13 +162,24 @@ async def run_job(
 
     :param shutdown: the run's stop handling, for a caller that must ask for a stop itself (a run
         off the main thread gets no signals); by default one for ``options.grace_s``.
+    :raises SpecError: before anything is sent, when the job breaks its model's rules.
     """
     started = time.monotonic()
+    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
+    # refused up front, never per row: the model's facts (GET /v1/models, or the shipped table)
+    spec, facts = await checked_job(spec, config, options.output, transport=transport)
     store = ResultStore(options.output)
     store.prepare()
     with locked_output(options.output):
         return await _run_locked(
-            spec, options, store, transport, started, shutdown or Shutdown(options.grace_s)
+            spec,
+            options,
+            store,
+            transport,
+            started,
+            config,
+            facts.source,
+            shutdown or Shutdown(options.grace_s),
         )
 
 
@@ -169,6 +189,8 @@ async def _run_locked(
     store: ResultStore,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
+    config: ClientConfig,
+    facts_source: str,
     shutdown: Shutdown,
 ) -> RunOutcome:
     request = spec.request
@@ -177,15 +199,18 @@ async def _run_locked(
         store.start_fresh()
     else:
         store.compact()  # folds in what an earlier, interrupted run journalled
+        if relabelled := store.adopt_legacy(request):
+            log.info(
+                "%d rows answered by an earlier version now carry this version's fingerprint", relabelled
+            )
     table = open_job_input(spec, options.input)
-    settled = store.settled(fingerprint, options.retry, sandbox_answers=is_loopback(options.base_url))
+    settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
     note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
-    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None)
+    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
     if request.cache and (note := cache_shortfall(request)):
         log.warning("%s", note)
     limits = spec.limits
-    config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
     price = price_for(request.model, spec.prices)
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
@@ -236,6 +261,7 @@ async def _run_locked(
         cost_usd=price.cost_usd(usage, cache_ttl=request.cache_ttl) if price is not None else None,
         priced_as=describe_price(price, request.model),
         rows_shared=tally.shared,
+        model_facts=facts_source,
     )
     return RunOutcome(
         summary=summary,
@@ -373,7 +399,7 @@ class _Run:
                 continue
             self.in_flight += 1
             try:
-                sent, violation = await self._send_conforming(work)
+                sent, verdict = await self._send_conforming(work)
             except FatalApiError:
                 raise
             except ApiError as exc:
@@ -382,30 +408,36 @@ class _Run:
                 log.exception("unexpected error on row %s", work.row.row_id)
                 self.recorder.error(work.row, type(exc).__name__, str(exc) or type(exc).__name__, attempts=1)
             else:
-                self.recorder.answered(work.row, sent, violation)
+                self.recorder.answered(work.row, sent, verdict)
             finally:
                 self.in_flight -= 1
 
-    async def _send_conforming(self, work: _Work) -> tuple[Sent, str | None]:
-        """Send, and send again while the tool input breaks its schema (up to ``schema_attempts``).
+    async def _send_conforming(self, work: _Work) -> tuple[Sent, Verdict | None]:
+        """Send, and send again while the answer breaks its schema (up to ``schema_attempts``).
 
         Returns the last reply, with the attempts and tokens of every try added up (all were paid
-        for), and the last violation, or None when the reply conforms.
+        for), and its verdict (None: a success). An answer cut off, refused or out of context is not
+        sent again: the same request would end the same way.
         """
         sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
-        violation = schema_violation(self.request, sent.reply)
+        verdict = judge(self.request, sent.reply)
         tries = 1
-        while violation is not None and tries < self.request.schema_attempts and not self.stopping:
-            log.debug("row %s: %s; sending again", work.row.row_id, violation)
+        while (
+            verdict is not None
+            and verdict.resend
+            and tries < self.request.schema_attempts
+            and not self.stopping
+        ):
+            log.debug("row %s: %s; sending again", work.row.row_id, verdict.message)
             again = await self.client.send(work.payload, input_tokens=work.input_tokens)
             sent = Sent(
                 reply=replace(again.reply, usage=sent.reply.usage + again.reply.usage),
                 attempts=sent.attempts + again.attempts,
                 latency_ms=again.latency_ms,
             )
-            violation = schema_violation(self.request, sent.reply)
+            verdict = judge(self.request, sent.reply)
             tries += 1
-        return sent, violation
+        return sent, verdict
 
 
 def _cancel(*tasks: asyncio.Task[None]) -> None:

@@ -1,14 +1,17 @@
-"""Structured output from forced tool calls: schema validation of tool input, and typed columns.
+"""Structured output as typed columns, whatever carried it.
 
 Contract used by the realtime runner and the batch collector: ``schema_violation(request, reply)``
-returns why a reply's tool input does not conform to the tool's ``input_schema``, or None.
+(:mod:`pipeline.job.toolschema`) returns why a reply's tool input or structured answer does not
+conform to its schema, or None.
 
-Typed columns: when a job forces a tool (``tool_choice = {type = "tool", name = ...}``), each
-top-level property of that tool's ``input_schema`` becomes one column ``out_<property>`` whose Arrow
-type follows the schema (string, int64, float64, bool, list, struct; enums by the type of their
-values; anything without one clear type, such as a free-form object or a mixed ``anyOf``, is JSON
-text). ``column_plan`` decides the columns; ``tool_values`` turns a reply into their values, with
-null for whatever is missing or does not fit the type. Pure: no I/O.
+Typed columns: when a job forces a tool (``tool_choice = {type = "tool", name = ...}``), asks for
+``output_schema`` (answered through ``output_config.format`` or a forced tool: the columns are the
+same) or sets ``output_config.format``, each top-level property of that schema becomes one column
+``out_<property>`` whose Arrow type follows the schema (string, int64, float64, bool, list, struct;
+enums by the type of their values; anything without one clear type, such as a free-form object or a
+mixed ``anyOf``, is JSON text). ``column_plan`` decides the columns; ``ColumnPlan.values`` turns a
+reply into their values (from the tool's input, or the JSON text of the answer), with null for
+whatever is missing or does not fit the type. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -16,16 +19,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from pipeline.job.request import RequestSpec
-from pipeline.job.toolschema import forced_tool
+from pipeline.job.toolschema import OUTPUT_TOOL, forced_tool, read_answer
 from pipeline.records import Reply
-
-if TYPE_CHECKING:
-    pass
 
 COLUMN_PREFIX = "out_"
 MAX_DEPTH = 8  # nesting past this is kept as JSON text (and ends cyclic-looking schemas)
@@ -162,10 +162,14 @@ def _merge_all_of(schema: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ColumnPlan:
-    """The typed columns of one forced tool: ``(column name, property, shape)`` in schema order."""
+    """The typed columns of a structured answer: ``(column name, property, shape)`` in schema order.
+
+    The values come from the input of ``tool``'s first call, else (``text``) from the answer's JSON text.
+    """
 
     tool: str
     columns: tuple[tuple[str, str, Shape], ...]
+    text: bool = False
 
     @property
     def names(self) -> frozenset[str]:
@@ -177,42 +181,50 @@ class ColumnPlan:
         return [pa.field(name, shape.arrow_type()) for name, _, shape in self.columns]
 
     def values(self, reply: Reply | None) -> dict[str, Any]:
-        """The columns' values from the first call of the tool in ``reply`` (null where absent or unfit)."""
-        tool_input: Any = None
+        """The columns' values from ``reply``'s structured answer (null where absent or unfit)."""
+        answer: Any = None
         if reply is not None:
-            call = next((c for c in reply.tool_calls if c.name == self.tool), None)
-            if call is not None:
-                try:
-                    tool_input = json.loads(call.input_json)
-                except ValueError:
-                    tool_input = None
-        if not isinstance(tool_input, dict):
-            tool_input = {}
-        return {name: shape.convert(tool_input.get(prop)) for name, prop, shape in self.columns}
+            try:
+                answer = read_answer(reply, tool=self.tool or None, text=self.text)
+            except ValueError:
+                answer = None
+        if not isinstance(answer, dict):
+            answer = {}
+        return {name: shape.convert(answer.get(prop)) for name, prop, shape in self.columns}
 
     def to_json(self) -> str:
         """The plan as text that ``plan_from_json`` reads back (kept in the journal schema's metadata)."""
         columns = [[name, prop, _shape_json(shape)] for name, prop, shape in self.columns]
-        return json.dumps({"tool": self.tool, "columns": columns})
+        return json.dumps({"tool": self.tool, "columns": columns, "text": self.text})
 
 
 def column_plan(request: RequestSpec) -> ColumnPlan | None:
-    """The typed columns a job's forced tool yields, or None when no tool is forced."""
+    """The typed columns of a job's structured answer, or None when it asks for none."""
+    if request.output_schema is not None:
+        return _plan(OUTPUT_TOOL, request.output_schema, text=True)
+    if request.output_config is not None and request.output_config.format is not None:
+        return _plan("", request.output_config.format.json_schema, text=True)
     name = forced_tool(request)
     tool = next((t for t in request.tools if t.name == name), None)
     if tool is None:
         return None
-    top = shape_of(tool.input_schema)
+    return _plan(tool.name, tool.input_schema, text=False)
+
+
+def _plan(tool: str, schema: dict[str, Any], *, text: bool) -> ColumnPlan:
+    top = shape_of(schema)
     if top.kind != "struct":
-        return ColumnPlan(tool.name, ())
-    return ColumnPlan(tool.name, tuple((COLUMN_PREFIX + prop, prop, shape) for prop, shape in top.fields))
+        return ColumnPlan(tool, (), text=text)
+    columns = tuple((COLUMN_PREFIX + prop, prop, shape) for prop, shape in top.fields)
+    return ColumnPlan(tool, columns, text=text)
 
 
 @lru_cache(maxsize=16)
 def plan_from_json(text: str) -> ColumnPlan:
     """A plan from ``ColumnPlan.to_json`` (cached: every journalled row asks for it)."""
     raw = json.loads(text)
-    return ColumnPlan(raw["tool"], tuple((n, p, _shape_from_json(s)) for n, p, s in raw["columns"]))
+    columns = tuple((n, p, _shape_from_json(s)) for n, p, s in raw["columns"])
+    return ColumnPlan(raw["tool"], columns, text=bool(raw.get("text", False)))
 
 
 def _shape_json(shape: Shape) -> Any:

@@ -103,6 +103,58 @@ class Fold:
         return total
 
 
+def relabel(results: Path, old: str, new: str, max_tokens: int) -> int:
+    """Rewrite ``results.parquet`` so rows of fingerprint ``old`` carry ``new`` and their ``max_tokens``.
+
+    For results an earlier version wrote (:meth:`pipeline.job.request.RequestSpec.legacy_fingerprint`):
+    its fingerprint hashed ``max_tokens``, so such a row was sent with the job's current one. One pass,
+    a row group at a time, only when some row has ``old``; returns the rows relabelled (0: unchanged).
+    """
+    try:
+        file = pq.ParquetFile(results)
+        fingerprints = file.read(columns=["request_fingerprint"]).column(0)
+        count = pc.sum(pc.equal(fingerprints, old)).as_py() or 0
+        if not count:
+            return 0
+        schema = _plain_schema(file.schema_arrow)
+        if "max_tokens" not in schema.names:
+            fields = {field.name: field for field in schema}
+            fields["max_tokens"] = pa.field("max_tokens", pa.int64())
+            schema = pa.schema([fields[name] for name in column_order(list(fields))])
+
+        def write(tmp: Path) -> None:
+            options = {"compression": "zstd", "write_statistics": True, "use_dictionary": False}
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                for group in range(file.num_row_groups):
+                    table = file.read_row_group(group)
+                    mask = pc.fill_null(pc.equal(table.column("request_fingerprint"), old), False)
+                    if "max_tokens" in table.column_names:
+                        sent = table.column("max_tokens").cast(pa.int64())
+                    else:
+                        sent = pa.nulls(table.num_rows, pa.int64())
+                    sent = pc.if_else(
+                        pc.and_(mask, pc.is_null(sent)), pa.scalar(max_tokens, pa.int64()), sent
+                    )
+                    table = _set(table, "max_tokens", sent)
+                    table = _set(
+                        table,
+                        "request_fingerprint",
+                        pc.if_else(mask, new, table.column("request_fingerprint")),
+                    )
+                    writer.write_table(_conform(table, schema), row_group_size=FOLD_ROWS)
+
+        replace_file(results, write)
+    except (pa.ArrowException, OSError) as exc:
+        raise OutputError(f"cannot update {results}: {exc}") from None
+    return int(count)
+
+
+def _set(table: pa.Table, name: str, column: pa.ChunkedArray | pa.Array) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, column)
+    return table.append_column(name, column)
+
+
 class _Source:
     """Rows in units (row groups, record batches), each readable on its own, with where each row goes.
 

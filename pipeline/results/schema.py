@@ -1,5 +1,6 @@
-"""The columns of ``results.parquet``: result fields around the input's own columns and a
-forced tool's typed columns, and one result as an output row. Pure."""
+"""The columns of ``results.parquet``: result fields around the input's own columns and the typed
+columns of a structured answer (a forced tool, ``output_schema`` or ``output_config.format``), and
+one result as an output row. Pure."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ HEAD_FIELDS = [
 TAIL_FIELDS = [
     pa.field("model", pa.string()),
     pa.field("response_text", pa.string()),
+    pa.field("thinking", pa.string()),
     pa.field("tool_calls", pa.list_(TOOL_CALL_TYPE)),
     pa.field("stop_reason", pa.string()),
+    pa.field("refusal_category", pa.string()),
     pa.field("input_tokens", pa.int64()),
     pa.field("output_tokens", pa.int64()),
     pa.field("cache_creation_input_tokens", pa.int64()),
@@ -40,6 +43,7 @@ TAIL_FIELDS = [
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     pa.field("row_index", pa.int64()),
     pa.field("request_fingerprint", pa.string()),
+    pa.field("max_tokens", pa.int64()),
     pa.field("row_hash", pa.string()),
 ]
 
@@ -90,10 +94,12 @@ def result_record(result: Result, schema: pa.Schema | None = None) -> dict[str, 
     record.update(
         model=reply.model if reply else None,
         response_text=reply.text if reply else None,
+        thinking=reply.thinking if reply else None,
         tool_calls=[{"id": c.id, "name": c.name, "input": c.input_json} for c in reply.tool_calls]
         if reply
         else [],
         stop_reason=reply.stop_reason if reply else None,
+        refusal_category=reply.stop_details.category if reply and reply.stop_details else None,
         input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None,
         cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
@@ -108,6 +114,7 @@ def result_record(result: Result, schema: pa.Schema | None = None) -> dict[str, 
         finished_at=result.finished_at,
         row_index=result.row.index,
         request_fingerprint=result.fingerprint,
+        max_tokens=result.max_tokens,
         row_hash=result.row.content_hash,
     )
     return record

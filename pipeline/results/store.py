@@ -28,8 +28,9 @@ import pyarrow as pa
 
 from pipeline.atomic import replace_file, write_text
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
-from pipeline.results.compaction import Fold, remove_files
+from pipeline.results.compaction import Fold, relabel, remove_files
 from pipeline.results.journal import Journal, read_journal
 from pipeline.results.schema import column_order
 from pipeline.rows.memory import FrameInput, InputSource
@@ -41,7 +42,18 @@ JOURNAL_DIR = ".journal"
 # what the sandbox reports as the model of its answers (``sandbox:<model>``)
 SANDBOX_MODEL_PREFIX = "sandbox:"
 # Errors that come back the same while the request and the row are unchanged: not retried by default.
-NOT_RETRIED_BY_DEFAULT = frozenset({"invalid_request_error", "request_too_large", "not_found_error"})
+# A refusal is the model declining the request; a max_tokens row is sent again once max_tokens is
+# raised above what it was sent with (settled_rows), which changes its request.
+NOT_RETRIED_BY_DEFAULT = frozenset(
+    {
+        "invalid_request_error",
+        "request_too_large",
+        "not_found_error",
+        "refusal",
+        "max_tokens",
+        "model_context_window_exceeded",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +111,27 @@ class ResultStore:
             return []
         return sorted(self.journal_dir.glob("*.arrows"))
 
-    def settled(self, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
+    def settled(self, request: RequestSpec, retry: RerunPolicy, *, sandbox_answers: bool) -> dict[str, str]:
         """Rows not to send again, row_id -> row_hash (call after ``compact``; see :func:`settled_rows`)."""
         if not self.results_path.exists():
             return {}
         try:
             results = pl.scan_parquet(self.results_path)
-            return settled_rows(results, fingerprint, retry, sandbox_answers=sandbox_answers)
+            return settled_rows(results, request, retry, sandbox_answers=sandbox_answers)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise OutputError(f"cannot read {self.results_path}: {exc}") from None
+
+    def adopt_legacy(self, request: RequestSpec) -> int:
+        """Relabel rows an earlier version answered for ``request`` with its current fingerprint.
+
+        Their fingerprint hashed ``max_tokens`` (:meth:`RequestSpec.legacy_fingerprint`); once
+        relabelled (and given the ``max_tokens`` they were sent with), raising ``max_tokens`` keeps
+        them. Call after ``compact``, under the lock; returns the rows relabelled.
+        """
+        legacy = request.legacy_fingerprint()
+        if legacy is None or not self.results_path.exists():
+            return 0
+        return relabel(self.results_path, legacy, request.fingerprint(), request.max_tokens)
 
     def compact(self) -> int:
         """Fold journals into ``results.parquet`` (latest result per row wins); returns its row count.
@@ -181,13 +205,16 @@ class ResultStore:
 
 
 def settled_rows(
-    results: pl.LazyFrame, fingerprint: str, retry: RerunPolicy, *, sandbox_answers: bool
+    results: pl.LazyFrame, request: RequestSpec, retry: RerunPolicy, *, sandbox_answers: bool
 ) -> dict[str, str]:
     """The rerun rule: rows whose latest result stands, as row_id -> row_hash.
 
-    A row is settled when its latest result came from a request with this fingerprint and is
-    ``ok``, or an error that ``retry`` does not retry. Callers also compare the row's current hash,
-    so a row whose request-feeding cells changed is sent again.
+    A row is settled when its latest result came from a request with this fingerprint (or the one an
+    earlier version wrote for it, :meth:`RequestSpec.legacy_fingerprint`) and is ``ok``, or an error
+    that ``retry`` does not retry; but a row cut off at ``max_tokens`` is sent again whenever
+    ``max_tokens`` is now above what it was sent with (its request changed), whatever ``retry``
+    says. Callers also compare the row's current hash, so a row whose request-feeding cells changed
+    is sent again.
 
     :param sandbox_answers: whether answers the sandbox gave (``model`` ``sandbox:...``) count. They
         must not for a run that goes to a real server: a job tried with ``--sandbox`` and then run
@@ -201,10 +228,19 @@ def settled_rows(
     keep = (pl.col("status") == "ok") | ((pl.col("status") == "error") & not_retried)
     if not sandbox_answers:
         keep = keep & ~pl.col("model").fill_null("").str.starts_with(SANDBOX_MODEL_PREFIX)
-    if "row_hash" not in results.collect_schema().names():
+    names = results.collect_schema().names()
+    if "row_hash" not in names:
         results = results.with_columns(pl.lit("").alias("row_hash"))
+    if "max_tokens" in names:
+        # null: written before the column existed, under a fingerprint that hashed max_tokens
+        sent = pl.col("max_tokens").fill_null(request.max_tokens)
+        raised = (error_type == "max_tokens") & (sent < request.max_tokens)
+        keep = keep & ~raised
+    fingerprints = [request.fingerprint()]
+    if (legacy := request.legacy_fingerprint()) is not None:
+        fingerprints.append(legacy)
     settled = (
-        results.filter(keep & (pl.col("request_fingerprint") == fingerprint))
+        results.filter(keep & pl.col("request_fingerprint").is_in(fingerprints))
         .select("row_id", pl.col("row_hash").fill_null(""))
         .collect()
     )

@@ -70,6 +70,7 @@ def summary_dict(summary: Summary, *, output: str, exit_code: int) -> dict[str, 
         "wall_s": round(summary.wall_s, 3),
         "cost_usd": None if summary.cost_usd is None else round(summary.cost_usd, 6),
         "priced_as": summary.priced_as,
+        "model_facts": summary.model_facts,
     }
 
 
@@ -89,6 +90,8 @@ def summary_text(summary: Summary, *, output: str) -> str:
     lines += shared_and_error_lines(summary, shared="not sent again")
     lines.append(f"{tokens_text(summary.usage)}; {summary.requests_sent} requests, {summary.retries} retries")
     lines.append(cost_line(summary.cost_usd, summary.priced_as))
+    if summary.model_facts:
+        lines.append(f"model rules: {summary.model_facts}")
     lines.append(f"results: {output}")
     return "\n".join(lines)
 

@@ -4,7 +4,13 @@ The text of a reply depends only on the request (its digest, the last user text 
 count), so tests can prove each row got its own answer and that a repeat gets the same one. Ids are
 random, as the hosted API's are. Output tokens::
 
-    ceil(len(text) / 4) + ceil(len(tool input JSON) / 4), at least 1
+    ceil(len(thinking) / 4) + ceil(len(text) / 4) + ceil(len(tool input JSON) / 4), at least 1
+
+Thinking (asked for, or the model's default) comes first, as a ``thinking`` block whose text is
+empty when its display is ``omitted`` (it is paid for all the same). With ``output_config.format``
+the text is JSON made from the schema (``toolinput``). A request may be made to come back refused
+(``stop_reason`` ``refusal`` with ``stop_details``) or cut short (``max_tokens``), as the seeded
+``refusal_rate`` and ``truncation_rate`` say; an answer longer than ``max_tokens`` is cut anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.sandbox.models import known_facts
 from pipeline.sandbox.toolinput import break_input, synthesise
 from pipeline.sandbox.validate import ParsedRequest
 
@@ -26,6 +33,13 @@ _FINISH_REASONS = {
     "stop_sequence": "stop",
     "max_tokens": "length",
     "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "model_context_window_exceeded": "length",
+}
+REFUSAL_DETAILS = {
+    "type": "refusal",
+    "category": "cyber",
+    "explanation": "[sandbox] declined on purpose (refusal_rate): this request was declined.",
 }
 
 
@@ -54,6 +68,9 @@ class Answer:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_ttl: str = "5m"  # which TTL the cache write was for (usage.cache_creation splits by it)
+    thinking: str | None = None  # the thinking block's text as shown ("" when omitted); None: no block
+    signature: str = ""
+    stop_details: dict[str, Any] | None = None
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -77,12 +94,49 @@ def reply_text(parsed: ParsedRequest, digest: str) -> str:
     return f'[sandbox] reply {digest[:8]} to "{snippet}" ({count} image{"" if count == 1 else "s"})'
 
 
-def make_answer(parsed: ParsedRequest, digest: str, *, bad_tool_input: bool = False) -> Answer:
-    """Build the reply, honouring tool_choice, stop_sequences and max_tokens in generation order.
+def thinking_text(parsed: ParsedRequest, digest: str) -> str | None:
+    """The thinking an answer starts with, or None when the request does not think."""
+    facts = known_facts(parsed.model)
+    thinks = parsed.thinking in ("adaptive", "enabled")
+    if parsed.thinking is None and facts is not None:
+        thinks = facts.thinks_by_default()
+    if not thinks:
+        return None
+    return f"[sandbox] thinking about {digest[:8]}: what does the request ask, and how best to answer it?"
 
-    ``bad_tool_input`` makes the tool input break its schema (``SandboxConfig.tool_violation_rate``).
+
+def _shown(parsed: ParsedRequest, thought: str) -> str:
+    facts = known_facts(parsed.model)
+    display = parsed.thinking_display or (facts.thinking_display if facts is not None else "summarized")
+    return "" if display == "omitted" else thought
+
+
+def make_answer(
+    parsed: ParsedRequest,
+    digest: str,
+    *,
+    bad_tool_input: bool = False,
+    refuse: bool = False,
+    truncate: bool = False,
+) -> Answer:
+    """Build the reply, honouring thinking, tool_choice, output_config.format, stop_sequences and
+    max_tokens in generation order.
+
+    ``bad_tool_input`` makes the tool input (or the JSON answer) break its schema
+    (``SandboxConfig.tool_violation_rate``); ``refuse`` and ``truncate`` make it a refusal or cut it
+    short (``refusal_rate``, ``truncation_rate``).
     """
+    thought = thinking_text(parsed, digest)
+    thought_tokens = math.ceil(len(thought) / 4) if thought else 0
+    if refuse:
+        return _refusal(parsed, thought, thought_tokens)
     text: str | None = None if parsed.tool_choice in ("tool", "any") else reply_text(parsed, digest)
+    if parsed.output_schema is not None and text is not None:
+        rng = random.Random(int(digest[16:32], 16))
+        value = synthesise(parsed.output_schema, rng)
+        if bad_tool_input:
+            value = break_input(parsed.output_schema, value)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     calls: tuple[ToolCall, ...] = ()
     if parsed.tool_choice in ("tool", "any", "auto"):
         tool = (
@@ -98,7 +152,10 @@ def make_answer(parsed: ParsedRequest, digest: str, *, bad_tool_input: bool = Fa
         calls = (ToolCall(new_id("toolu"), tool["name"], tool_input, arguments),)
     stop_reason = "tool_use" if calls else "end_turn"
     stop_sequence: str | None = None
-    budget = parsed.max_tokens * 4  # characters that fit in max_tokens at four per token
+    left = max(parsed.max_tokens - thought_tokens, 0)  # thinking tokens count toward max_tokens
+    budget = left * 4  # characters that fit in what is left at four per token
+    if truncate and text is not None:
+        budget = min(budget, len(text) // 2)  # cut short on purpose (truncation_rate)
     if text is not None:
         hit = _first_stop(text, parsed.stop_sequences)
         if hit is not None and hit[0] < budget:
@@ -106,10 +163,12 @@ def make_answer(parsed: ParsedRequest, digest: str, *, bad_tool_input: bool = Fa
         elif len(text) > budget:
             text, stop_reason, calls = text[:budget], "max_tokens", ()
     text_tokens = math.ceil(len(text) / 4) if text else 0
-    output_tokens = text_tokens + sum(math.ceil(len(call.arguments) / 4) for call in calls)
-    if output_tokens > parsed.max_tokens:
+    output_tokens = thought_tokens + text_tokens + sum(math.ceil(len(call.arguments) / 4) for call in calls)
+    if output_tokens > parsed.max_tokens or (truncate and calls):
         # the tool input did not fit: generation stopped inside it, so no usable call comes back
         calls, stop_reason, output_tokens = (), "max_tokens", parsed.max_tokens
+    if stop_reason == "max_tokens":
+        output_tokens = parsed.max_tokens  # a cut-off answer used every token it was allowed
     return Answer(
         message_id=new_id("msg"),
         model="sandbox:" + parsed.model,
@@ -119,7 +178,31 @@ def make_answer(parsed: ParsedRequest, digest: str, *, bad_tool_input: bool = Fa
         stop_sequence=stop_sequence,
         input_tokens=parsed.input_tokens,
         output_tokens=max(output_tokens, 1),
+        thinking=None if thought is None else _shown(parsed, thought),
+        signature=_signature(digest) if thought is not None else "",
     )
+
+
+def _refusal(parsed: ParsedRequest, thought: str | None, thought_tokens: int) -> Answer:
+    """A declined request: a normal 200 with ``stop_reason`` ``refusal`` and its ``stop_details``."""
+    text = "[sandbox] I can't help with that."
+    return Answer(
+        message_id=new_id("msg"),
+        model="sandbox:" + parsed.model,
+        text=text,
+        tool_calls=(),
+        stop_reason="refusal",
+        stop_sequence=None,
+        input_tokens=parsed.input_tokens,
+        output_tokens=thought_tokens + math.ceil(len(text) / 4),
+        thinking=None if thought is None else _shown(parsed, thought),
+        signature=_signature(text) if thought is not None else "",
+        stop_details=dict(REFUSAL_DETAILS),
+    )
+
+
+def _signature(seed: str) -> str:
+    return hashlib.sha256(f"signature:{seed}".encode()).hexdigest()
 
 
 def _first_stop(text: str, stop_sequences: tuple[str, ...]) -> tuple[int, str] | None:
@@ -148,6 +231,8 @@ def usage_json(
 def content_json(answer: Answer) -> list[dict[str, Any]]:
     """The ``content`` blocks of an Anthropic Message."""
     blocks: list[dict[str, Any]] = []
+    if answer.thinking is not None:
+        blocks.append({"type": "thinking", "thinking": answer.thinking, "signature": answer.signature})
     if answer.text:
         blocks.append({"type": "text", "text": answer.text})
     blocks.extend(
@@ -166,6 +251,7 @@ def anthropic_message(answer: Answer) -> dict[str, Any]:
         "content": content_json(answer),
         "stop_reason": answer.stop_reason,
         "stop_sequence": answer.stop_sequence,
+        "stop_details": answer.stop_details,
         "usage": usage_json(
             answer.input_tokens,
             answer.output_tokens,

@@ -32,6 +32,8 @@ from aiohttp import web
 from pipeline.sandbox.answers import anthropic_message, make_answer, new_id, request_digest
 from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, decode_json, error_body, read_body
 from pipeline.sandbox.config import SandboxConfig
+from pipeline.sandbox.models import known_facts
+from pipeline.sandbox.rules import check_known_model, check_rules
 from pipeline.sandbox.validate import ParsedRequest, parse_request
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -48,6 +50,8 @@ class _Item:
     digest: str = ""
     error_type: str = ""
     error_message: str = ""
+    refuse: bool = False  # answered as a refusal (refusal_rate)
+    truncate: bool = False  # cut short at max_tokens (truncation_rate)
 
 
 @dataclass(slots=True)
@@ -180,7 +184,10 @@ def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Auth
 
     async def create(request: web.Request) -> web.StreamResponse:
         raw = await read_body(request, store.config.batch_max_bytes)
-        batch = _new_batch(store, decode_json(raw))
+        header = request.headers.get("anthropic-beta", "")
+        betas = frozenset(name.strip() for name in header.split(",") if name.strip())
+        version = request.headers.get("anthropic-version", "")
+        batch = _new_batch(store, decode_json(raw), version=version, betas=betas)
         with store._lock:
             store.body_sizes.append(len(raw))
         return _reply(batch.to_json(_now(), _origin(request)))
@@ -290,7 +297,9 @@ def _find(store: BatchStore, batch_id: str) -> _Batch:
     return batch
 
 
-def _new_batch(store: BatchStore, body: Any) -> _Batch:
+def _new_batch(
+    store: BatchStore, body: Any, *, version: str = "", betas: frozenset[str] = frozenset()
+) -> _Batch:
     config = store.config
     if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
         raise RequestError("requests: Field required (a list of {custom_id, params})")
@@ -320,7 +329,7 @@ def _new_batch(store: BatchStore, body: Any) -> _Batch:
         checked.append((custom_id, entry["params"]))
     now = _now()
     with store._lock:
-        items = [_item(store, custom_id, params) for custom_id, params in checked]
+        items = [_item(store, custom_id, params, version, betas) for custom_id, params in checked]
         order = list(range(len(items)))
         store._dice.shuffle(order)
         batch = _Batch(
@@ -337,14 +346,18 @@ def _new_batch(store: BatchStore, body: Any) -> _Batch:
     return batch
 
 
-def _item(store: BatchStore, custom_id: str, params: Any) -> _Item:
+def _item(store: BatchStore, custom_id: str, params: Any, version: str, betas: frozenset[str]) -> _Item:
     """Validate one item's params and draw its fate (under the store's lock: draws follow creation order)."""
     config = store.config
     roll = store._dice.random()
+    refuse = config.refusal_rate > 0 and store._dice.random() < config.refusal_rate
+    truncate = config.truncation_rate > 0 and store._dice.random() < config.truncation_rate
     try:
         if isinstance(params, dict) and params.get("stream"):
             raise RequestError("stream: streaming is not supported in the Message Batches API")
-        parsed = parse_request(params)
+        parsed = parse_request(params, betas=betas)
+        facts = check_known_model(parsed.model) if config.models_api else known_facts(parsed.model)
+        check_rules(params, facts, version=version, versioned=config.models_api)
         if config.reject_marker and config.reject_marker in parsed.last_user_text:
             raise RequestError("messages.0.content: the sandbox refuses this content (reject_marker)")
     except RequestError as err:
@@ -354,7 +367,9 @@ def _item(store: BatchStore, custom_id: str, params: Any) -> _Item:
     if roll < config.batch_errored_rate + config.batch_expired_rate:
         return _Item(custom_id, "expired")
     assert isinstance(params, dict)
-    return _Item(custom_id, "succeeded", parsed=parsed, digest=request_digest(params))
+    return _Item(
+        custom_id, "succeeded", parsed=parsed, digest=request_digest(params), refuse=refuse, truncate=truncate
+    )
 
 
 def _result_line(batch: _Batch, position: int) -> dict[str, Any]:
@@ -362,7 +377,9 @@ def _result_line(batch: _Batch, position: int) -> dict[str, Any]:
     fate = batch.fate(position)
     if fate == "succeeded":
         assert item.parsed is not None
-        message = anthropic_message(make_answer(item.parsed, item.digest))
+        message = anthropic_message(
+            make_answer(item.parsed, item.digest, refuse=item.refuse, truncate=item.truncate)
+        )
         message["usage"]["service_tier"] = "batch"
         result: dict[str, Any] = {"type": "succeeded", "message": message}
     elif fate == "errored":

@@ -37,6 +37,11 @@ class SandboxConfig:
         and ``batch_expired_rate`` the share ``expired``; drawn per request from the seed.
     :param batch_max_requests: most requests one batch may hold (the API's 100,000), and
         ``batch_max_bytes`` the largest create body (256 MB).
+    :param refusal_rate: share of answers that come back refused (``stop_reason`` ``refusal``, with
+        ``stop_details``), and ``truncation_rate`` the share cut short (``max_tokens``); drawn per
+        request from the seed, in realtime and batch mode alike.
+    :param models_api: serve ``/v1/models`` and refuse a model the table does not know (404), as the
+        hosted API does; False for presets of servers that serve any model name.
     :param preset: the provider preset the sandbox imitates (see ``preset_config``).
     :param tool_choice_supported: False answers a request with ``tool_choice`` with a 400.
     :param count_tokens_supported: False answers ``/v1/messages/count_tokens`` with a 404.
@@ -69,6 +74,9 @@ class SandboxConfig:
     batch_max_bytes: int = 256_000_000
     count_tokens_per_minute: float | None = None
     tool_violation_rate: float = 0.0
+    refusal_rate: float = 0.0
+    truncation_rate: float = 0.0
+    models_api: bool = True
     preset: str | None = None
     tool_choice_supported: bool = True
     count_tokens_supported: bool = True
@@ -105,8 +113,10 @@ class SandboxConfig:
             raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {self.shape!r}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be non-empty (or None to accept any key)")
-        if not 0.0 <= self.tool_violation_rate <= 1.0:
-            raise ValueError(f"tool_violation_rate must be within 0..1, got {self.tool_violation_rate}")
+        for name in ("tool_violation_rate", "refusal_rate", "truncation_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {rate}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.batch_processing_s < 0:
@@ -122,7 +132,8 @@ class SandboxConfig:
 
 def preset_config(name: str, **settings: Any) -> SandboxConfig:
     """A sandbox that answers like the provider preset ``name``: its auth header, reply shape,
-    rate-limit headers (Anthropic only) and missing features (``tool_choice``, ``count_tokens``).
+    rate-limit headers (Anthropic only) and missing features (``tool_choice``, ``count_tokens``,
+    ``/v1/models``).
 
     ``settings`` are the other ``SandboxConfig`` fields (host, port, seed, faults, ...).
     """
@@ -135,5 +146,6 @@ def preset_config(name: str, **settings: Any) -> SandboxConfig:
         "ratelimit_headers": provider.ratelimit_headers,
         "tool_choice_supported": provider.tool_choice,
         "count_tokens_supported": provider.count_tokens,
+        "models_api": provider.models_api,
     }
     return SandboxConfig(preset=name, **{**preset_settings, **settings})

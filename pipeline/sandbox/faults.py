@@ -35,6 +35,10 @@ class FaultDice:
         self._latency = random.Random(f"{config.seed}-latency")
         self._tool_rate = config.tool_violation_rate
         self._tools = random.Random(f"{config.seed}-tools")
+        self._refusal_rate = config.refusal_rate
+        self._refusals = random.Random(f"{config.seed}-refusals")
+        self._truncation_rate = config.truncation_rate
+        self._truncations = random.Random(f"{config.seed}-truncations")
         self._mean_s = config.latency_ms / 1000.0
         self._jitter_s = config.jitter_ms / 1000.0
 
@@ -49,6 +53,14 @@ class FaultDice:
     def tool_violation(self) -> bool:
         """Whether the next answer's tool input should break its schema (``tool_violation_rate``)."""
         return self._tool_rate > 0.0 and self._tools.random() < self._tool_rate
+
+    def refusal(self) -> bool:
+        """Whether the next answer comes back refused (``refusal_rate``)."""
+        return self._refusal_rate > 0.0 and self._refusals.random() < self._refusal_rate
+
+    def truncation(self) -> bool:
+        """Whether the next answer is cut short at ``max_tokens`` (``truncation_rate``)."""
+        return self._truncation_rate > 0.0 and self._truncations.random() < self._truncation_rate
 
     def latency_s(self) -> float:
         """The delay before the next answer (never negative)."""

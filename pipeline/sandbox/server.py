@@ -1,8 +1,12 @@
 """The sandbox's aiohttp application: routes, the per-request pipeline, and the statistics it keeps.
 
 Each ``POST /v1/messages`` goes through, in order: auth and headers, the spend cap, body size and
-JSON, validation, rate limits, latency, then the fault drawn at arrival or the answer. Only answers
-count in ``answers_ok`` and ``ok_by_request``; refused requests are not billed, as on the hosted API.
+JSON, validation, the model (404 for one the table lacks, where the preset has ``/v1/models``) and its
+rules (:mod:`pipeline.sandbox.rules`), rate limits, latency, then the fault drawn at arrival or the
+answer (refused or cut short when the seeded ``refusal_rate`` / ``truncation_rate`` say so). Only
+answers count in ``answers_ok`` and ``ok_by_request``; refused requests are not billed, as on the
+hosted API. ``GET /v1/models`` and ``/v1/models/{id}`` answer from the model table
+(:mod:`pipeline.sandbox.models`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pipeline.sandbox.batches import BatchStore, add_batch_routes
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.faults import FaultDice, status_fault
 from pipeline.sandbox.limits import RateLimiter, TokenBucket, retry_after
+from pipeline.sandbox.models import add_model_routes, known_facts
+from pipeline.sandbox.rules import check_known_model, check_rules
 from pipeline.sandbox.sse import anthropic_events, error_event, message_start, openai_chunks
 from pipeline.sandbox.tokens import CACHE_TTL_S, min_cacheable_tokens
 from pipeline.sandbox.validate import ParsedRequest, parse_request
@@ -84,6 +90,7 @@ class SandboxState:
         with self._lock:
             self.requests_total = 0
             self.count_tokens_total = 0
+            self.models_total = 0  # GET /v1/models and /v1/models/{id}
             self.by_status: Counter[str] = Counter()
             self.faults: Counter[str] = Counter()
             self.rate_limited = 0
@@ -99,6 +106,7 @@ class SandboxState:
             return {
                 "requests_total": self.requests_total,
                 "count_tokens_total": self.count_tokens_total,
+                "models_total": self.models_total,
                 "by_status": dict(self.by_status),
                 "faults": dict(self.faults),
                 "rate_limited": self.rate_limited,
@@ -124,6 +132,11 @@ class SandboxState:
         """Log a 429 and the wait it asked for."""
         with self._lock:
             self.throttles.append((time.monotonic() - self._started, retry_after_s))
+
+    def record_models(self) -> None:
+        """Count one Models request."""
+        with self._lock:
+            self.models_total += 1
 
     def record_count_tokens(self) -> None:
         """Count one ``count_tokens`` request (kept apart: it is free and has its own limits)."""
@@ -167,8 +180,39 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get("/_sandbox/stats", _stats)
     app.router.add_post("/_sandbox/reset", _reset)
     add_batch_routes(app, app[STATE].batches, _authenticate)
+    if config.models_api:
+        add_model_routes(app, _model_handler)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+def _model_handler(body: Any) -> Any:
+    """A ``/v1/models`` route: authenticated, the body function's JSON, or the API's error shape."""
+
+    async def handle(request: web.Request) -> web.Response:
+        request_id = new_id("req")
+        request.app[STATE].record_models()
+        try:
+            _authenticate(request, request.app[STATE].config)
+            return _json(200, body(request), {"request-id": request_id})
+        except RequestError as err:
+            return _json(
+                err.status, error_body(err.error_type, err.message, request_id), {"request-id": request_id}
+            )
+
+    return handle
+
+
+def request_betas(request: web.Request) -> frozenset[str]:
+    """The ``anthropic-beta`` names of a request (comma-separated, as the SDK joins them)."""
+    header = request.headers.get("anthropic-beta", "")
+    return frozenset(name.strip() for name in header.split(",") if name.strip())
+
+
+def check_model(body: dict[str, Any], model: str, config: SandboxConfig, version: str) -> None:
+    """The model exists (where the preset has ``/v1/models``) and the body keeps its rules."""
+    facts = check_known_model(model) if config.models_api else known_facts(model)
+    check_rules(body, facts, version=version, versioned=config.models_api)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -259,7 +303,7 @@ async def _count_tokens(request: web.Request) -> web.Response:
                     error_type="rate_limit_error",
                 )
             bucket.level -= 1.0
-        parsed = parse_request(await _read_json(request), count_tokens=True)
+        parsed = parse_request(await _read_json(request), count_tokens=True, betas=request_betas(request))
     except RequestError as err:
         return _json(err.status, error_body(err.error_type, err.message, request_id, err.details), headers)
     return _json(200, {"input_tokens": parsed.input_tokens}, headers)
@@ -273,6 +317,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     fault = state.dice.fault()
     delay = state.dice.latency_s()
     bad_tool_input = state.dice.tool_violation()
+    refuse, truncate = state.dice.refusal(), state.dice.truncation()
     state.record_request()
     headers = {"request-id": request_id}
     rate_limited = False
@@ -281,7 +326,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         if state.spend_exhausted():
             raise _spend_cap(config)
         body = await _read_json(request)
-        parsed = parse_request(body)
+        parsed = parse_request(body, betas=request_betas(request))
+        check_model(body, parsed.model, config, request.headers.get("anthropic-version", ""))
         if not config.tool_choice_supported and "tool_choice" in body:
             # what a server without tool_choice does with it is its own affair; a 400 makes it visible
             raise RequestError(f"tool_choice: not supported by this server (sandbox preset {config.preset})")
@@ -330,9 +376,19 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     cached = (cache_write, cache_read)
     if parsed.stream:
         return await _stream(
-            request, state, parsed, digest, headers, cached, error=fault == "stream_error", bad=bad_tool_input
+            request,
+            state,
+            parsed,
+            digest,
+            headers,
+            cached,
+            error=fault == "stream_error",
+            bad=bad_tool_input,
+            refuse=refuse,
+            truncate=truncate,
         )
-    answer = _cached(make_answer(parsed, digest, bad_tool_input=bad_tool_input), cached, parsed.cache_ttl)
+    answer = make_answer(parsed, digest, bad_tool_input=bad_tool_input, refuse=refuse, truncate=truncate)
+    answer = _cached(answer, cached, parsed.cache_ttl)
     state.cache_write(parsed)
     state.record_answer(digest, answer)
     if config.shape == "openai":
@@ -379,6 +435,8 @@ async def _stream(
     *,
     error: bool,
     bad: bool = False,
+    refuse: bool = False,
+    truncate: bool = False,
 ) -> web.StreamResponse:
     """A 200 event stream: the whole answer, or (``error``) a start followed by an overload event."""
     openai = state.config.shape == "openai"
@@ -396,7 +454,8 @@ async def _stream(
             await response.write(error_event("overloaded_error", "Overloaded"))
         await response.write_eof()
         return response
-    answer = _cached(make_answer(parsed, digest, bad_tool_input=bad), cached, parsed.cache_ttl)
+    answer = make_answer(parsed, digest, bad_tool_input=bad, refuse=refuse, truncate=truncate)
+    answer = _cached(answer, cached, parsed.cache_ttl)
     state.cache_write(parsed)
     state.record_answer(digest, answer)
     await response.prepare(request)

@@ -2,9 +2,11 @@
 
 Anthropic order (https://platform.claude.com/docs/en/build-with-claude/streaming): ``message_start``; per
 block ``content_block_start``, deltas, ``content_block_stop``; one ``ping`` after the first block
-starts; ``message_delta`` with the stop reason and cumulative usage; ``message_stop``. Tool input
-streams as ``input_json_delta`` pieces
-that start with an empty ``partial_json``, as the hosted API sends them.
+starts; ``message_delta`` with the stop reason (and ``stop_details``) and cumulative usage;
+``message_stop``. A thinking block streams first, as ``thinking_delta`` pieces then one
+``signature_delta`` before its stop (nothing but the signature when its display is omitted). Tool
+input streams as ``input_json_delta`` pieces that start with an empty ``partial_json``, as the
+hosted API sends them.
 """
 
 from __future__ import annotations
@@ -52,9 +54,19 @@ def anthropic_events(answer: Answer) -> bytes:
     """Everything after ``message_start``, joined: the blocks, ``message_delta`` and ``message_stop``."""
     out: list[bytes] = []
     index = 0
+    if answer.thinking is not None:
+        out.append(_block_start(index, {"type": "thinking", "thinking": "", "signature": ""}))
+        out.append(event("ping", {"type": "ping"}))
+        out.extend(
+            _delta(index, {"type": "thinking_delta", "thinking": piece}) for piece in _pieces(answer.thinking)
+        )
+        out.append(_delta(index, {"type": "signature_delta", "signature": answer.signature}))
+        out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        index += 1
     if answer.text:
         out.append(_block_start(index, {"type": "text", "text": ""}))
-        out.append(event("ping", {"type": "ping"}))
+        if index == 0:
+            out.append(event("ping", {"type": "ping"}))
         out.extend(_delta(index, {"type": "text_delta", "text": piece}) for piece in _pieces(answer.text))
         out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
         index += 1
@@ -68,9 +80,12 @@ def anthropic_events(answer: Answer) -> bytes:
         index += 1
     if index == 0:
         out.append(event("ping", {"type": "ping"}))
+    stop: dict[str, Any] = {"stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence}
+    if answer.stop_details is not None:
+        stop["stop_details"] = answer.stop_details  # a refusal's category, on message_delta
     delta = {
         "type": "message_delta",
-        "delta": {"stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence},
+        "delta": stop,
         # cumulative totals, as the hosted API sends them on message_delta
         "usage": {
             "input_tokens": answer.input_tokens,

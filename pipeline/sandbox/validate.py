@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.sandbox.apierrors import RequestError
+from pipeline.sandbox.settings import check_output_config, check_thinking, integer, settings_of
 from pipeline.sandbox.tokens import image_tokens, raw_text_tokens, scale_text_tokens
 from pipeline.sandbox.tools import check_tool_choice, check_tools
 from pipeline.sandbox.vision import check_base64_image, check_image_set
@@ -33,11 +34,16 @@ TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _OPTIONAL = frozenset({
     "system", "temperature", "top_p", "top_k", "stop_sequences", "stream", "tools", "tool_choice",
     "metadata", "service_tier", "thinking", "output_config", "cache_control", "container", "inference_geo",
+    "speed",
 })  # fmt: skip
+# beta body fields, accepted only with their anthropic-beta header (anthropic-sdk-python 2.15.0
+# types/beta/message_create_params.py: fallbacks "with the server-side-fallback beta header")
+BETA_KEYS = {"fallbacks": "server-side-fallback-"}
 MESSAGES_KEYS = frozenset({"model", "max_tokens", "messages"}) | _OPTIONAL
 # count_tokens takes fewer parameters (SDK message_count_tokens_params): no sampling, no stream, no max_tokens
 COUNT_TOKENS_KEYS = frozenset({
     "model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "cache_control",
+    "speed",
 })  # fmt: skip
 
 _BLOCK_KEYS = {
@@ -70,6 +76,9 @@ class ParsedRequest:
     cache_key: str | None = None  # hash of the model and the prefix up to the last breakpoint
     cache_prefix_tokens: int = 0  # input tokens of that prefix
     cache_ttl: str = "5m"
+    thinking: str | None = None  # thinking.type as sent (None: left to the model's default)
+    thinking_display: str | None = None
+    output_schema: dict[str, Any] | None = None  # output_config.format.schema
 
 
 class _Tally:
@@ -121,15 +130,21 @@ class _Tally:
         return (hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest(), tokens, ttl)
 
 
-def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
+def parse_request(
+    body: object, *, count_tokens: bool = False, betas: frozenset[str] = frozenset()
+) -> ParsedRequest:
     """Validate a decoded JSON body for ``/v1/messages`` (or ``count_tokens``) and summarise it.
 
+    :param betas: the request's ``anthropic-beta`` names (beta body fields need theirs).
     :raises RequestError: 400 ``invalid_request_error`` naming the first bad field.
     """
     if not isinstance(body, dict):
         raise RequestError("Input should be a valid dictionary")
     allowed = COUNT_TOKENS_KEYS if count_tokens else MESSAGES_KEYS
     for key in body:
+        beta = BETA_KEYS.get(key)
+        if beta is not None and not count_tokens and any(name.startswith(beta) for name in betas):
+            continue
         if key not in allowed:
             raise RequestError(f"{key}: Extra inputs are not permitted")
     required = ("model", "messages") if count_tokens else ("model", "max_tokens", "messages")
@@ -143,7 +158,7 @@ def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
         raise RequestError("model: String should have at least 1 character")
     max_tokens = 0
     if not count_tokens:
-        max_tokens = _integer(body["max_tokens"], "max_tokens", minimum=1)
+        max_tokens = integer(body["max_tokens"], "max_tokens", minimum=1)
     _check_sampling(body)
     stop_sequences = _check_stop_sequences(body.get("stop_sequences"))
     stream = body.get("stream", False)
@@ -165,6 +180,7 @@ def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
     check_image_set(tally.images)
     input_tokens = tally.tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
     cache_key, cache_tokens, cache_ttl = tally.cache_prefix()
+    thinking, display, schema = settings_of(body)
     return ParsedRequest(
         model=model,
         max_tokens=max_tokens,
@@ -179,16 +195,10 @@ def parse_request(body: object, *, count_tokens: bool = False) -> ParsedRequest:
         cache_key=cache_key,
         cache_prefix_tokens=cache_tokens,
         cache_ttl=cache_ttl,
+        thinking=thinking,
+        thinking_display=display,
+        output_schema=schema,
     )
-
-
-def _integer(value: object, path: str, *, minimum: int) -> int:
-    # bool is an int subclass in Python but not an integer in JSON Schema
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RequestError(f"{path}: Input should be a valid integer")
-    if value < minimum:
-        raise RequestError(f"{path}: Input should be greater than or equal to {minimum}")
-    return value
 
 
 def _check_sampling(body: dict[str, Any]) -> None:
@@ -202,7 +212,7 @@ def _check_sampling(body: dict[str, Any]) -> None:
             if value > 1:
                 raise RequestError(f"{key}: Input should be less than or equal to 1")
     if "top_k" in body:
-        _integer(body["top_k"], "top_k", minimum=0)
+        integer(body["top_k"], "top_k", minimum=0)
 
 
 def _check_stop_sequences(value: object) -> tuple[str, ...]:
@@ -231,17 +241,13 @@ def _check_misc(body: dict[str, Any], max_tokens: int) -> None:
                 raise RequestError("metadata.user_id: Input should be a valid string")
     if "service_tier" in body and body["service_tier"] not in ("auto", "standard_only"):
         raise RequestError("service_tier: Input should be 'auto' or 'standard_only'")
-    thinking = body.get("thinking")
-    if thinking is not None:
-        if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
-            raise RequestError("thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
-        if thinking["type"] == "enabled":
-            budget = _integer(thinking.get("budget_tokens"), "thinking.enabled.budget_tokens", minimum=1024)
-            if max_tokens and budget >= max_tokens:
-                raise RequestError("`max_tokens` must be greater than `thinking.budget_tokens`")
+    check_thinking(body.get("thinking"), max_tokens)
     for key in ("output_config", "cache_control"):
         if key in body and not isinstance(body[key], dict):
             raise RequestError(f"{key}: Input should be a valid dictionary")
+    check_output_config(body.get("output_config"))
+    if "speed" in body and body["speed"] not in ("standard", "fast"):
+        raise RequestError("speed: Input should be 'standard' or 'fast'")
     if "container" in body and not isinstance(body["container"], (str, dict, type(None))):
         raise RequestError("container: Input should be a valid string")
     if "inference_geo" in body and not isinstance(body["inference_geo"], str):

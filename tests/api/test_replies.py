@@ -61,9 +61,10 @@ OPENAI = {
 
 
 def test_parse_anthropic_message() -> None:
-    """Text blocks join with "", tool input becomes compact JSON, thinking is dropped, null usage is 0."""
+    """Text blocks join with "", tool input becomes compact JSON, thinking stays apart, null usage is 0."""
     reply = parse_message(ANTHROPIC, "req_1")
     assert reply.text == "The grass is green and the sky is blue."
+    assert reply.thinking == "hmm"
     assert reply.tool_calls == (ToolCall("toolu_1", "record", '{"colour":"grün","n":2}'),)
     assert reply.stop_reason == "tool_use"
     assert reply.usage == Usage(25, 13, 0, 7)
@@ -366,3 +367,45 @@ def test_error_body_inside_200() -> None:
     )
     assert type(error) is RetryableApiError
     assert (error.status, error.request_id) == (529, "req")
+
+
+def test_thinking_and_a_refusals_stop_details_are_kept_whole_and_streamed() -> None:
+    """Thinking text (empty when omitted or redacted) and stop_details come out the same from both paths."""
+    body = {
+        **ANTHROPIC,
+        "content": [
+            {"type": "thinking", "thinking": "", "signature": "sig"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "text", "text": "Hello.."},
+        ],
+        "stop_reason": "refusal",
+        "stop_details": {"type": "refusal", "category": "cyber", "explanation": "declined"},
+    }
+    whole = parse_message(body, None)
+    assert (whole.thinking, whole.text, whole.stop_reason) == ("", "Hello..", "refusal")
+    assert whole.stop_details is not None
+    assert (whole.stop_details.category, whole.stop_details.explanation) == ("cyber", "declined")
+    assert parse_message({**ANTHROPIC, "content": [{"type": "text", "text": "x"}]}, None).thinking is None
+    start = FULL_STREAM[0]
+    bio = {"type": "refusal", "category": "bio", "explanation": None}
+    thinking = [
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "Let me "}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "see."}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "signature_delta", "signature": "sig"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1,
+                                 "content_block": {"type": "text", "text": "Hi"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 9},
+                           "delta": {"stop_reason": "refusal", "stop_sequence": None, "stop_details": bio}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    streamed = assemble(sse(start, *thinking)).finish()
+    assert (streamed.thinking, streamed.text, streamed.stop_reason) == ("Let me see.", "Hi", "refusal")
+    assert streamed.stop_details is not None
+    assert streamed.stop_details.category == "bio"

@@ -61,3 +61,48 @@ def test_the_job_the_estimator_and_the_sandbox_read_the_same_facts() -> None:
         huge = facts.image_long_edge * 3
         assert estimator.image_tokens(huge, huge, model) <= facts.image_max_tokens
         assert sandbox_tokens.image_tokens(huge, huge, model) <= facts.image_max_tokens
+
+
+def test_every_rule_key_holds_a_value_the_checks_understand() -> None:
+    """Sampling, thinking, effort and lifecycle values come from the known sets, for every entry."""
+    from pipeline.catalog.models import EFFORT_LEVELS, THINKING_TYPES
+
+    for facts in model_table().models:
+        assert facts.sampling in ("any", "temperature_or_top_p", "none"), facts.name
+        assert set(facts.thinking) <= set(THINKING_TYPES), facts.name
+        assert facts.thinking_default in ("off", "adaptive"), facts.name
+        if facts.thinking_default == "adaptive":
+            assert "adaptive" in facts.thinking, facts.name
+        assert set(facts.effort) <= set(EFFORT_LEVELS), facts.name
+        assert facts.thinking_off_max_effort in (None, *facts.effort), facts.name
+        assert facts.lifecycle in (None, "active", "deprecated", "retired"), facts.name
+        if facts.image_long_edge == 2576:
+            assert facts.newer_tokenizer, facts.name  # the high-resolution tier came with Claude 4.7
+
+
+def test_the_current_lineup_carries_the_rules_the_issue_names() -> None:
+    """Fable 5.1 thinks always and forces no tool; Opus 4.7 on refuse sampling; Haiku 4.5 takes one of two."""
+    fable = model_facts("claude-fable-5-1")
+    assert (fable.thinking, fable.forced_tool, fable.structured_outputs) == (("adaptive",), False, True)
+    for model in (
+        "claude-opus-4-7",
+        "claude-opus-4-8",
+        "claude-opus-5",
+        "claude-sonnet-5-5",
+        "claude-haiku-5-5",
+    ):
+        assert model_facts(model).sampling == "none", model
+    assert model_facts("claude-haiku-4-5").sampling == "temperature_or_top_p"
+    assert model_facts("claude-opus-4-7").image_long_edge == 2576
+    assert model_facts("claude-opus-4-6").image_long_edge == 1568
+    assert model_table().api_versions.takes_sampling("2023-06-01")
+    assert not model_table().api_versions.takes_sampling("2026-10-21")
+
+
+def test_a_typo_in_an_entry_is_an_error_not_a_silently_missing_rule() -> None:
+    """An entry with an unknown key does not load: a rule cannot be lost to a misspelling."""
+    from pipeline.catalog import models
+
+    base = {"context_window": 1, "nonstreaming_max_tokens": 1, "newer_tokenizer": False}
+    with pytest.raises(ValueError, match="unknown keys \\['forced_tools'\\]"):
+        models._facts({"ids": ["x"], "forced_tools": False}, base, known=True)

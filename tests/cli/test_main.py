@@ -60,6 +60,13 @@ def test_shipped_job_runs_against_sandbox(tmp_path: Path, name: str) -> None:
             assert len(calls) == 1
             assert calls[0]["name"] == "record_annotation"
             jsonschema.validate(json.loads(calls[0]["input"]), schema)
+    elif spec.request.output_schema is not None:
+        # structured output on a current model: JSON that fits, typed columns, and the model's thinking
+        for answer in frame["response_text"]:
+            jsonschema.validate(json.loads(answer), spec.request.output_schema)
+        assert frame["out_category"].is_in(["apparel", "electronics", "home", "other"]).all()
+        assert frame["out_has_text"].dtype == pl.Boolean
+        assert frame["thinking"].str.starts_with("[sandbox] thinking about ").all()
     else:
         # each row got its own answer: the sandbox echoes the row's prompt (cut at a stop sequence)
         key = "subject" if "subject" in frame.columns else "text"

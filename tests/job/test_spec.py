@@ -229,3 +229,81 @@ def test_new_request_keys_resolve_and_stay_out_of_the_fingerprint(tmp_path: Path
         parse_job(_with(image_root="nope"), job)
     with pytest.raises(SpecError, match=r"request\.max_input_tokens"):
         parse_job(_with(max_input_tokens=0), job)
+
+
+FORCING_TOOL = {
+    "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "tool", "name": "t"},
+}
+FORMAT = {"type": "json_schema", "schema": {}}
+
+
+@pytest.mark.parametrize(
+    ("request_settings", "expected"),
+    [
+        ({"thinking": {"type": "enabled"}}, 'thinking type "enabled" needs budget_tokens'),
+        ({"thinking": {"type": "enabled", "budget_tokens": 500}}, "must be at least 1024"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, "must be below max_tokens (10)"),
+        ({"thinking": {"type": "disabled", "display": "omitted"}}, 'display applies to "adaptive"'),
+        ({"thinking": {"type": "auto"}}, "request.thinking.type"),
+        ({"output_config": {"effort": "extreme"}}, "request.output_config.effort"),
+        ({"output_config": {"format": {"type": "json_schema"}}}, "'request.output_config.format.schema'"),
+        ({"output_config": {"format": {**FORMAT, "schema": {"type": 5}}}}, "not a valid JSON Schema"),
+        ({"output_schema": {"type": "string"}}, 'output_schema must have type = "object"'),
+        ({"output_schema": {"type": "object"}, **FORCING_TOOL}, "remove the forcing tool_choice"),
+        (
+            {"output_schema": {"type": "object"}, "output_config": {"format": FORMAT}},
+            "set output_schema or output_config.format, not both",
+        ),
+        (
+            {"extra": {"max_tokens": 5}},
+            "extra.max_tokens: the job sets max_tokens through request.max_tokens",
+        ),
+        ({"extra": {"messages": []}}, "through request.prompt, request.images and request.examples"),
+        ({"examples": [{"role": "assistant", "text": "x"}]}, "examples.0.role must be 'user'"),
+        ({"examples": [{"role": "user", "text": "x"}]}, "examples must end with an assistant turn"),
+        ({"examples": [{"role": "user", "text": " "}, {"role": "assistant", "text": "y"}]}, "non-whitespace"),
+    ],
+)
+def test_new_request_keys_are_checked_at_load(request_settings: dict[str, object], expected: str) -> None:
+    """thinking, output_config, output_schema, extra and examples are refused at load when malformed."""
+    with pytest.raises(SpecError) as caught:
+        parse_job(_with(**request_settings), Path("j.toml"))
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_beta_names_and_example_images_resolve_at_load(tmp_path: Path) -> None:
+    """[api] beta is a list of names; example images resolve next to the job file and must exist."""
+    (tmp_path / "shot.png").write_bytes(b"png")
+    turns = [{"role": "user", "text": "q", "images": ["shot.png"]}, {"role": "assistant", "text": "a"}]
+    spec = parse_job(
+        {**_with(examples=turns), "api": {"beta": ["files-api-2025-04-14"]}}, tmp_path / "j.toml"
+    )
+    assert spec.request.examples[0].images == [str(tmp_path / "shot.png")]
+    assert spec.api.beta == ["files-api-2025-04-14"]
+    with pytest.raises(SpecError, match=r"api\.beta"):
+        parse_job({**_with(), "api": {"beta": ["a, b"]}}, tmp_path / "j.toml")
+
+
+def test_results_of_earlier_versions_keep_their_fingerprint_and_max_tokens_leaves_it() -> None:
+    """The previous release's fingerprint is still recognised; max_tokens is out of the new one."""
+    caption = _with(
+        model="claude-haiku-4-5",
+        max_tokens=300,
+        prompt="Describe {subject}.",
+        system="Be brief.",
+        temperature=0.0,
+        images=["image_path"],
+    )
+    request = parse_job(caption, Path("j.toml")).request
+    # what the previous release wrote for this request (its fingerprint hashed max_tokens and 1568 px)
+    assert request.legacy_fingerprint() == "d2d6e614a000895a"
+    raised = parse_job(
+        {**caption, "request": {**caption["request"], "max_tokens": 600}}, Path("j.toml")
+    ).request  # type: ignore[dict-item]
+    assert raised.fingerprint() == request.fingerprint()
+    assert raised.legacy_fingerprint() != request.legacy_fingerprint()
+    thinking = parse_job(_with(thinking={"type": "adaptive"}), Path("j.toml")).request
+    assert thinking.legacy_fingerprint() is None  # earlier versions could not have answered it
+    assert thinking.fingerprint() != parse_job(_with(), Path("j.toml")).request.fingerprint()

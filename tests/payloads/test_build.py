@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from pipeline.errors import RowError
 from pipeline.job.spec import parse_job
-from pipeline.payloads.build import build_payload, check_request_size, estimate_input_tokens, render_template
+from pipeline.payloads.build import (
+    build_payload,
+    check_request_size,
+    estimate_input_tokens,
+    example_messages,
+    render_template,
+)
 from pipeline.payloads.images import PreparedImage
 
 IMAGE = PreparedImage(
@@ -160,3 +166,70 @@ def test_empty_prompt_is_a_row_error_and_empty_system_is_left_out() -> None:
     assert info.value.error_type == "template_error"
     payload = build_payload(_request(system="{y}"), {"x": "a", "y": None}, [])
     assert "system" not in payload
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["n"],
+    "properties": {"n": {"type": "integer", "minimum": 1, "description": "a count"}, "s": {"type": "string"}},
+}
+
+
+def test_output_schema_goes_as_format_or_as_the_answer_tool_by_the_model() -> None:
+    """On a model with structured outputs the schema is output_config.format (adapted); else a forced tool."""
+    native = build_payload(_request(model="claude-sonnet-5-5", output_schema=SCHEMA), {"x": 1}, [])
+    schema = native["output_config"]["format"]["schema"]
+    assert native["output_config"]["format"]["type"] == "json_schema"
+    assert schema["additionalProperties"] is False  # closed, as structured outputs require
+    assert schema["properties"]["n"] == {"type": "integer", "description": "a count\n\n{minimum: 1}"}
+    assert "tools" not in native
+    assert "tool_choice" not in native
+    forced = build_payload(_request(model="claude-3-5-haiku", output_schema=SCHEMA), {"x": 1}, [])
+    assert forced["tools"][-1]["name"] == "structured_output"
+    assert forced["tools"][-1]["input_schema"] == SCHEMA  # a tool takes the schema as written
+    assert forced["tool_choice"] == {"type": "tool", "name": "structured_output"}
+    assert "output_config" not in forced
+
+
+def test_thinking_effort_strict_tools_and_extra_reach_the_body() -> None:
+    """thinking and output_config as given, strict on its tool, [request.extra] merged in last."""
+    request = _request(
+        model="claude-opus-5",
+        max_tokens=4000,
+        thinking={"type": "adaptive", "display": "summarized"},
+        output_config={"effort": "low"},
+        tools=[{"name": "rec", "input_schema": {"type": "object"}, "strict": True}],
+        extra={"metadata": {"user_id": "u1"}, "service_tier": "standard_only"},
+    )
+    payload = build_payload(request, {"x": 1}, [])
+    assert payload["thinking"] == {"type": "adaptive", "display": "summarized"}
+    assert payload["output_config"] == {"effort": "low"}
+    assert payload["tools"] == [{"name": "rec", "input_schema": {"type": "object"}, "strict": True}]
+    assert payload["metadata"] == {"user_id": "u1"}  # type: ignore[typeddict-item]
+    assert payload["service_tier"] == "standard_only"  # type: ignore[typeddict-item]
+
+
+def test_examples_come_first_and_the_cache_breakpoint_follows_them() -> None:
+    """Few-shot turns precede the row's message; with cache on, the breakpoint ends the last example."""
+    turns = [{"role": "user", "text": "Q1"}, {"role": "assistant", "text": "A1"}]
+    request = _request(examples=turns, system="Be brief.", cache=True)
+    prefix = example_messages(request, [[IMAGE], []])
+    first = build_payload(request, {"x": 1}, [], prefix)
+    second = build_payload(request, {"x": 2}, [], prefix)
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant", "user"]
+    assert [b["type"] for b in first["messages"][0]["content"]] == ["image", "text"]
+    assert first["messages"][1]["content"] == [
+        {"type": "text", "text": "A1", "cache_control": {"type": "ephemeral"}}
+    ]
+    assert first["system"] == "Be brief."  # the one breakpoint after the examples covers the system prompt
+    assert second["messages"][2]["content"][-1]["text"] == "Describe 2."
+    # the prepared prefix is shared: marking one payload never marks it for the next
+    assert prefix[1]["content"] == [{"type": "text", "text": "A1"}]
+
+
+def test_the_default_image_edge_is_the_model_tier() -> None:
+    """image_max_edge unset follows the model (1568 px, 2576 px from Claude 4.7); set, it wins."""
+    assert _request(model="claude-haiku-4-5").image_edge == 1568
+    assert _request(model="claude-opus-4-7").image_edge == 2576
+    assert _request(model="claude-opus-4-7", image_max_edge=1000).image_edge == 1000
+    assert _request(model="my-local-model").image_edge == 1568

@@ -121,7 +121,7 @@ def test_more_than_20_images_in_a_row_are_capped_at_2000px(tmp_path: Path) -> No
     for k in range(21):
         (tmp_path / f"{k}.png").write_bytes(image_bytes("PNG", size=(2100, 50)))
     pl.DataFrame({c: [f"{k}.png"] for k, c in enumerate(columns)}).write_csv(tmp_path / "in.csv")
-    request = {"model": "m", "max_tokens": 20, "prompt": "Compare.", "images": columns}
+    request = {"model": "claude-haiku-4-5", "max_tokens": 20, "prompt": "Compare.", "images": columns}
     request["image_max_edge"] = 2400
     job = write_job(tmp_path, input="in.csv", output="out", request=request)
     with running_sandbox() as sandbox:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import OutputError
+from pipeline.job.request import RequestSpec
 from pipeline.records import Reply, Result, Row, ToolCall, Usage
 from pipeline.results import compaction
 from pipeline.results.journal import read_journal
@@ -24,9 +25,11 @@ from pipeline.results.store import RerunPolicy, ResultStore
 
 INPUT = pa.schema([("id", pa.large_string()), ("status", pa.large_string()), ("n", pa.int64())])
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+REQUEST = RequestSpec(model="m", max_tokens=10, prompt="p")
+FP = REQUEST.fingerprint()
 
 
-def _result(index: int, status: str = "ok", *, fingerprint: str = "fp", seconds: int = 0) -> Result:
+def _result(index: int, status: str = "ok", *, fingerprint: str = FP, seconds: int = 0) -> Result:
     row = Row(index, f"r{index}", {"id": f"r{index}", "status": "input-status", "n": index})
     reply = Reply(
         "m",
@@ -98,12 +101,13 @@ def test_settled_rows_respect_fingerprint_and_retry_policy(tmp_path: Path) -> No
     journal.close()
     store.compact()
     for sandbox_answers in (False, True):  # none of these rows is a sandbox's answer
-        assert set(store.settled("fp", RerunPolicy(), sandbox_answers=sandbox_answers)) == {"r0", "r3"}
-        assert set(store.settled("fp", RerunPolicy.parse("all"), sandbox_answers=sandbox_answers)) == {"r0"}
+        assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=sandbox_answers)) == {"r0", "r3"}
+        every = RerunPolicy.parse("all")
+        assert set(store.settled(REQUEST, every, sandbox_answers=sandbox_answers)) == {"r0"}
         none = RerunPolicy.parse("none")
-        assert set(store.settled("fp", none, sandbox_answers=sandbox_answers)) == {"r0", "r1", "r3"}
+        assert set(store.settled(REQUEST, none, sandbox_answers=sandbox_answers)) == {"r0", "r1", "r3"}
         invalid = RerunPolicy.parse("invalid_request_error")
-        assert set(store.settled("fp", invalid, sandbox_answers=sandbox_answers)) == {"r0", "r1"}
+        assert set(store.settled(REQUEST, invalid, sandbox_answers=sandbox_answers)) == {"r0", "r1"}
 
 
 def test_a_sandbox_answer_is_settled_only_for_a_run_that_takes_sandbox_answers(tmp_path: Path) -> None:
@@ -116,8 +120,8 @@ def test_a_sandbox_answer_is_settled_only_for_a_run_that_takes_sandbox_answers(t
     journal.append([_result(0), from_sandbox])
     journal.close()
     store.compact()
-    assert set(store.settled("fp", RerunPolicy(), sandbox_answers=True)) == {"r0", "r1"}
-    assert set(store.settled("fp", RerunPolicy(), sandbox_answers=False)) == {"r0"}
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=True)) == {"r0", "r1"}
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=False)) == {"r0"}
 
 
 def test_fresh_keeps_previous_results_aside(tmp_path: Path) -> None:
@@ -327,3 +331,73 @@ async def test_a_failed_deferred_write_is_raised_by_the_next_append(tmp_path: Pa
         journal.append([_result(1)])
     with pytest.raises(OutputError, match="No space left"):
         journal.close()
+
+
+def _cut(index: int, *, max_tokens: int | None, fingerprint: str = FP) -> Result:
+    """A row whose answer was cut off at max_tokens (an error that keeps its reply)."""
+    reply = Reply("m", "half an ans", (), "max_tokens", Usage(5, 10), "msg", "req")
+    row = Row(index, f"r{index}", {"id": f"r{index}", "status": "s", "n": index})
+    return Result(
+        row,
+        "error",
+        T0,
+        fingerprint,
+        reply=reply,
+        error_type="max_tokens",
+        error_message="cut",
+        max_tokens=max_tokens,
+    )
+
+
+def test_a_row_cut_off_is_sent_again_only_when_max_tokens_is_raised(tmp_path: Path) -> None:
+    """Truncated rows stay settled at the same or a lower max_tokens and are sent again above it."""
+    store = ResultStore(tmp_path)
+    store.prepare()
+    journal = store.new_journal(output_schema(INPUT))
+    journal.append([replace(_result(0), max_tokens=10), _cut(1, max_tokens=10)])
+    journal.close()
+    store.compact()
+    same, lower, higher = (
+        REQUEST,
+        REQUEST.model_copy(update={"max_tokens": 5}),
+        REQUEST.model_copy(update={"max_tokens": 50}),
+    )
+    assert same.fingerprint() == higher.fingerprint()
+    assert set(store.settled(same, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1"}
+    assert set(store.settled(lower, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1"}
+    # the completed row is never sent again; the cut-off one is, whatever --retry-errors says
+    assert set(store.settled(higher, RerunPolicy(), sandbox_answers=False)) == {"r0"}
+    assert set(store.settled(higher, RerunPolicy.parse("none"), sandbox_answers=False)) == {"r0"}
+    assert set(store.settled(same, RerunPolicy.parse("max_tokens"), sandbox_answers=False)) == {"r0"}
+
+
+def test_results_of_an_earlier_version_are_adopted_once_and_survive_a_raised_max_tokens(
+    tmp_path: Path,
+) -> None:
+    """Rows with the previous formula's fingerprint (no max_tokens column) are settled, relabelled, kept."""
+    legacy = REQUEST.legacy_fingerprint()
+    assert legacy is not None
+    old_fields = [
+        field
+        for field in output_schema(INPUT)
+        if field.name not in ("thinking", "refusal_category", "max_tokens")
+    ]
+    rows = [
+        {
+            k: v
+            for k, v in result_record(_result(i, fingerprint=legacy)).items()
+            if k in {f.name for f in old_fields}
+        }
+        for i in range(3)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(old_fields)), tmp_path / "results.parquet")
+    store = ResultStore(tmp_path)
+    assert set(store.settled(REQUEST, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1", "r2"}
+    assert store.adopt_legacy(REQUEST) == 3
+    frame = pl.read_parquet(tmp_path / "results.parquet")
+    assert frame["request_fingerprint"].to_list() == [FP] * 3
+    assert frame["max_tokens"].to_list() == [10] * 3
+    assert frame["response_text"].to_list() == ["answer 0", "answer 1", "answer 2"]
+    assert store.adopt_legacy(REQUEST) == 0  # nothing left to adopt: the file is not rewritten again
+    raised = REQUEST.model_copy(update={"max_tokens": 500})
+    assert set(store.settled(raised, RerunPolicy(), sandbox_answers=False)) == {"r0", "r1", "r2"}

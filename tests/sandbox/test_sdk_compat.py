@@ -1,4 +1,8 @@
-"""The official anthropic SDK against the sandbox: what it sends is accepted and what it gets back parses."""
+"""The official anthropic SDK against the sandbox: what it sends is accepted and what it gets back parses.
+
+SDK 2.x sends ``anthropic-version: 2026-10-21`` and the key as ``Authorization: Bearer``; the sandbox
+takes what the hosted API takes for that version (no sampling parameters, the current models' rules).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from typing import Any
 
 import anthropic
 import jsonschema
+import pydantic
 import pytest
-from anthropic.types import TextBlock, ToolUseBlock
+from anthropic.types import TextBlock, ThinkingBlock, ToolUseBlock
 from PIL import Image
 
 from pipeline.sandbox import SandboxConfig, SandboxHandle, running_sandbox
@@ -189,3 +194,89 @@ def test_sdk_sends_its_api_key_as_a_bearer_token() -> None:
         pytest.raises(anthropic.AuthenticationError, match="x-api-key header is required"),
     ):
         sdk.messages.create(model=MODEL, max_tokens=50, messages=messages)
+
+
+class Annotation(pydantic.BaseModel):
+    """A structured answer the SDK turns into a JSON schema and parses back."""
+
+    category: str
+    has_text: bool
+    colours: list[str]
+
+
+def test_models_list_and_retrieve(client: anthropic.Anthropic) -> None:
+    """models.list() pages through every model (auto-pagination) and models.retrieve() resolves an alias."""
+    listed = list(client.models.list(limit=5))
+    assert len(listed) == len({model.id for model in listed}) > 5
+    assert all(model.capabilities is not None for model in listed)
+    info = client.models.retrieve("claude-haiku-4-5")
+    assert info.id == "claude-haiku-4-5-20251001"
+    assert info.max_tokens == 64_000
+    assert info.capabilities is not None
+    assert info.capabilities.structured_outputs.supported
+    assert info.capabilities.thinking.types.enabled.supported
+    assert not info.capabilities.thinking.types.adaptive.supported
+    retired = list(client.models.list(lifecycle=["retired"]))
+    assert retired
+    assert {model.lifecycle for model in retired} == {"retired"}
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-nonexistent-1")
+
+
+def test_structured_output_request(client: anthropic.Anthropic) -> None:
+    """messages.parse(output_format=...) sends output_config.format; the JSON answer parses and fits."""
+    message = client.messages.parse(
+        model="claude-opus-5",
+        max_tokens=800,
+        messages=[{"role": "user", "content": "Annotate the product."}],
+        output_format=Annotation,
+    )
+    assert message.stop_reason == "end_turn"
+    assert isinstance(message.parsed_output, Annotation)
+    text = message.content[-1]
+    assert isinstance(text, TextBlock)
+    assert Annotation.model_validate_json(text.text) == message.parsed_output
+
+
+def test_thinking_request_plain_and_streamed(client: anthropic.Anthropic) -> None:
+    """An adaptive thinking request answers a ThinkingBlock first, streamed or not, billed as output."""
+    kwargs: dict[str, Any] = {
+        "model": "claude-haiku-5-5",
+        "max_tokens": 2000,
+        "thinking": {"type": "adaptive", "display": "summarized"},
+        "messages": [{"role": "user", "content": "Think, then answer."}],
+    }
+    plain = client.messages.create(**kwargs)
+    thought, answer = plain.content
+    assert isinstance(thought, ThinkingBlock)
+    assert thought.thinking.startswith("[sandbox] thinking about ")
+    assert thought.signature
+    assert isinstance(answer, TextBlock)
+    with client.messages.stream(**kwargs) as stream:
+        final = stream.get_final_message()
+    assert isinstance(final.content[0], ThinkingBlock)
+    assert final.content[0].thinking == thought.thinking
+    assert final.usage.output_tokens == plain.usage.output_tokens
+    omitted = client.messages.create(**{**kwargs, "thinking": {"type": "adaptive", "display": "omitted"}})
+    block = omitted.content[0]
+    assert isinstance(block, ThinkingBlock)
+    assert block.thinking == ""
+    assert omitted.usage.output_tokens == plain.usage.output_tokens  # omitted thinking is still paid for
+    with pytest.raises(anthropic.BadRequestError, match=r"thinking\.type\.enabled"):
+        client.messages.create(**{**kwargs, "thinking": {"type": "enabled", "budget_tokens": 1024}})
+
+
+def test_a_refusal_reaches_the_sdk_with_its_stop_details() -> None:
+    """stop_reason refusal and stop_details parse into the SDK's RefusalStopDetails, streamed or not."""
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    with (
+        running_sandbox(SandboxConfig(refusal_rate=1.0)) as handle,
+        anthropic.Anthropic(base_url=handle.base_url, api_key="sk-test", max_retries=0) as sdk,
+    ):
+        message = sdk.messages.create(model="claude-opus-5", max_tokens=200, messages=messages)
+        with sdk.messages.stream(model="claude-opus-5", max_tokens=200, messages=messages) as stream:
+            final = stream.get_final_message()
+    for answer in (message, final):
+        assert answer.stop_reason == "refusal"
+        assert answer.stop_details is not None
+        assert answer.stop_details.category == "cyber"

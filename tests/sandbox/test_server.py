@@ -436,7 +436,7 @@ def test_body_must_be_json(client: httpx.Client) -> None:
     broken = client.post("/v1/messages", content=b"{nope", headers={"content-type": "application/json"})
     assert wrong_type.status_code == broken.status_code == 400
     assert broken.json()["error"]["type"] == "invalid_request_error"
-    missing = client.get("/v1/models")
+    missing = client.get("/v1/engines")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
 
