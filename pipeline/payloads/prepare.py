@@ -140,6 +140,7 @@ async def prepare_rows(
     *,
     wanted: Callable[[SourcedRow], bool] | None = None,
     slots: int = DEFAULT_SLOTS,
+    download_slots: int = 0,
     keys: bool = False,
     keep_images: bool = False,
     stopping: Callable[[], bool] | None = None,
@@ -151,9 +152,12 @@ async def prepare_rows(
         count); every row when None.
     :param slots: a slot is taken before a row is prepared and given back only when ``take``
         returns, so rows waiting downstream (for a sender, say) count against the bound and memory
-        stays flat however far the reader runs ahead. A sender can ask for as many as it has
-        requests in flight, so that downloads overlap: image decoding is bounded apart
-        (:data:`CPU_SLOTS`).
+        stays flat however far the reader runs ahead.
+    :param download_slots: when above ``slots``, a row with an image URL takes one of these instead,
+        so that downloads overlap (a sender asks for as many as it has requests in flight: preparing
+        runs ahead of sending instead of gating it). Rows of local files and text keep ``slots``:
+        their preparation is CPU work, bounded apart (:data:`CPU_SLOTS`), and more of them waiting
+        prepared would only hold more payloads in memory.
     :param keys: also compute each request's dedupe key (off the loop when the request has images).
     :param keep_images: keep the prepared images on the outcome (``estimate`` measures them).
     :param stopping: read no further once this is true (a graceful stop).
@@ -164,17 +168,18 @@ async def prepare_rows(
     with ``error`` set. What ``take`` raises ends the walk.
     """
     gate = asyncio.Semaphore(slots)
+    downloads = asyncio.Semaphore(download_slots) if download_slots > slots and request.images else None
     cpu = asyncio.Semaphore(CPU_SLOTS)
     examples = await prepare_examples(request)
 
-    async def one(sourced: SourcedRow) -> None:
+    async def one(sourced: SourcedRow, held: asyncio.Semaphore) -> None:
         try:
             outcome = await _prepare_one(
                 request, sourced, load, cpu, keys=keys, keep_images=keep_images, examples=examples
             )
             await take(outcome)
         finally:
-            gate.release()
+            held.release()
 
     async with asyncio.TaskGroup() as group:
         # reading a batch of the table is blocking I/O: do it in a thread
@@ -182,8 +187,11 @@ async def prepare_rows(
             for sourced in batch:
                 if wanted is not None and not wanted(sourced):
                     continue
-                await gate.acquire()
-                group.create_task(one(sourced))
+                held = gate
+                if downloads is not None and any(is_remote(c) for _, c in image_cells(request, sourced.row)):
+                    held = downloads
+                await held.acquire()
+                group.create_task(one(sourced, held))
         if on_read is not None:
             on_read()
 

@@ -26,7 +26,7 @@ from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.dedupe import Dedupe, shared_result
-from pipeline.payloads.prepare import DEFAULT_SLOTS, Prepared, open_job_input, prepare_rows
+from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
 from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
@@ -365,9 +365,9 @@ class _Run:
             ),
             self._queue,
             wanted=wanted,
-            # as many rows may be on their way (image downloads, say) as requests in flight: preparing
-            # runs ahead of sending instead of gating it; decoding has a bound of its own (CPU_SLOTS)
-            slots=max(DEFAULT_SLOTS, self.client.config.concurrency),
+            # as many image downloads may be on their way as requests in flight: preparing runs ahead
+            # of sending instead of gating it (decoding has a bound of its own, CPU_SLOTS)
+            download_slots=self.client.config.concurrency,
             keys=self.recorder.dedupe is not None,
             on_read=read,
         )
