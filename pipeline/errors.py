@@ -10,7 +10,8 @@
     ├── CreateUnconfirmed          a batch create got no clear answer: list batches to find out
     ├── ForeignBatch               an adopted batch holds custom_ids that are not its submission's
     ├── RowError                   one row cannot become a request; the row is recorded as an error
-    │   └── ImageError             an image is missing, unreadable, empty or not an image
+    │   ├── ImageError             an image is missing, unreadable, empty or not an image
+    │   └── DocumentError          a document is missing, unreadable, or not a PDF or text the API takes
     └── ApiError                   the API (or the network to it) answered with a failure
         ├── RetryableApiError      worth another attempt (429, 5xx, 529, timeouts, dropped connections)
         ├── PermanentApiError      this request will never succeed (400, 404, 413); the row is an error
@@ -57,6 +58,12 @@ class ImageError(RowError):
     """An image cell could not be loaded or prepared."""
 
     error_type = "image_error"
+
+
+class DocumentError(RowError):
+    """A document cell could not be loaded, or is not a PDF or plain text the API takes."""
+
+    error_type = "document_error"
 
 
 class ApiError(PipelineError):

@@ -30,22 +30,61 @@ class Base64Source(TypedDict):
     data: str
 
 
+class UrlSource(TypedDict):
+    """An image or PDF the API fetches itself."""
+
+    type: Literal["url"]
+    url: str
+
+
+class FileSource(TypedDict):
+    """An image or document uploaded through the Files API (beta header ``files-api-2025-04-14``)."""
+
+    type: Literal["file"]
+    file_id: str
+
+
 class ImageBlock(TypedDict):
     type: Literal["image"]
-    source: Base64Source
+    source: Base64Source | UrlSource | FileSource
     cache_control: NotRequired[CacheControl]
+
+
+class PdfSource(TypedDict):
+    type: Literal["base64"]
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class PlainTextSource(TypedDict):
+    type: Literal["text"]
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class Citations(TypedDict):
+    enabled: bool
+
+
+class DocumentBlock(TypedDict):
+    type: Literal["document"]
+    source: PdfSource | PlainTextSource | UrlSource | FileSource
+    citations: NotRequired[Citations]
+
+
+ContentBlock = TextBlock | ImageBlock | DocumentBlock
 
 
 class UserMessage(TypedDict):
     role: Literal["user"]
-    content: list[TextBlock | ImageBlock]
+    content: list[ContentBlock]
 
 
 class AssistantMessage(TypedDict):
     """A few-shot example's answer: an assistant turn before the row's own message (never the last)."""
 
     role: Literal["assistant"]
-    content: list[TextBlock | ImageBlock]
+    content: list[ContentBlock]
 
 
 Message = UserMessage | AssistantMessage

@@ -24,6 +24,9 @@ USER_AGENT = "pipeline/0.1 (+httpx)"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT_S = 10.0
 REDACTED = "[redacted]"
+# the Files API's beta (https://platform.claude.com/docs/en/build-with-claude/files): needed on its own
+# endpoints and on every Messages or batch request that references an uploaded file
+FILES_API_BETA = "files-api-2025-04-14"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ class ClientConfig:
             api_key=api_key,
             auth=spec.api.auth,
             anthropic_version=spec.api.anthropic_version,
-            betas=tuple(spec.api.beta),
+            betas=job_betas(spec),
             timeout_s=limits.timeout_s,
             max_attempts=limits.max_attempts,
             concurrency=limits.concurrency if concurrency is None else concurrency,
@@ -132,6 +135,13 @@ class ClientConfig:
             headers={"user-agent": USER_AGENT},
             follow_redirects=follow_redirects,
         )
+
+
+def job_betas(spec: JobSpec) -> tuple[str, ...]:
+    """The ``anthropic-beta`` values a job's requests carry: ``[api] beta``, and the Files API's when
+    images go by file id."""
+    files = (FILES_API_BETA,) if spec.request.image_transport == "files" else ()
+    return tuple(dict.fromkeys((*spec.api.beta, *files)))
 
 
 def is_loopback(base_url: str) -> bool:

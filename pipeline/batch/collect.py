@@ -37,7 +37,6 @@ from pydantic import ValidationError
 from pipeline.api.batches import BatchesApi
 from pipeline.api.classify import one_line, read_error_json
 from pipeline.api.replies import parse_message
-from pipeline.atomic import fsync_path
 from pipeline.batch.state import ERROR_PREFIX, BatchLog, Submission, read_rows, row_leaders
 from pipeline.errors import ForeignBatch, RetryableApiError
 from pipeline.job.request import RequestSpec
@@ -170,7 +169,7 @@ class Collector:
         finally:
             journal.close()
         if journal.rows_written:
-            fsync_path(journal.path)
+            journal.sync()
         self.log.append("collected", sub.key, batch_id=sub.batch_id, counts=counts)
         sub.phase = "collected"
         missing = len(index) - len(seen)

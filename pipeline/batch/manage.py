@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.batch.state import BatchLog, Submission, not_found_message
 from pipeline.errors import ConfigError, OutputError, PermanentApiError
-from pipeline.results.lock import locked_output
+from pipeline.results.outputs import open_output
 
 if TYPE_CHECKING:
     import httpx
@@ -47,15 +47,16 @@ def find_pending(output: Path, ident: str) -> Submission:
     return sub
 
 
-def forget_batch(output: Path, ident: str) -> Submission:
+def forget_batch(output: Path | str, ident: str) -> Submission:
     """Log an open submission as abandoned by hand, so its rows may be submitted again.
 
     For a batch the API no longer knows (a 404 on retrieve), which otherwise stops every invocation.
     Nothing is sent: if the batch does exist somewhere, its rows may be paid twice (the CLI warns).
     """
-    with locked_output(output):  # not while a run is collecting or submitting
-        sub = find_pending(output, ident)
-        BatchLog(output).append(
+    store = open_output(output)
+    with store.locked():  # not while a run is collecting or submitting
+        sub = find_pending(store.directory, ident)
+        BatchLog(store.directory, on_write=store.sync).append(
             "abandoned",
             sub.key,
             batch_id=sub.batch_id,
@@ -66,9 +67,16 @@ def forget_batch(output: Path, ident: str) -> Submission:
 
 
 async def batch_status(
-    output: Path, options: BatchOptions | None, *, transport: httpx.AsyncBaseTransport | None = None
+    output: Path,
+    options: BatchOptions | None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    label: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every submission of an output directory; open ones are retrieved when ``options`` allow it."""
+    """Every submission of an output directory; open ones are retrieved when ``options`` allow it.
+
+    :param label: how messages name the output (its URL, when ``output`` is a copy of one in object storage).
+    """
     submissions = BatchLog(output).submissions()
     infos: dict[str, BatchInfo | str] = {}
     if options is not None:
@@ -79,7 +87,8 @@ async def batch_status(
                         infos[sub.key] = await api.retrieve(sub.batch_id)
                     except (PermanentApiError, OutputError) as exc:
                         gone = isinstance(exc, PermanentApiError) and exc.status == 404
-                        problem = not_found_message(output, sub, options.base_url) if gone else str(exc)
+                        where = label or output
+                        problem = not_found_message(where, sub, options.base_url) if gone else str(exc)
                         infos[sub.key] = problem
     rows: list[dict[str, Any]] = []
     for sub in submissions:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pipeline.api.config import ClientConfig
 from pipeline.batch.state import Submission
 from pipeline.errors import FatalApiError
+from pipeline.job.spec import StorageSpec
 from pipeline.records import Summary
 from pipeline.results.store import RerunPolicy
 from pipeline.rows.memory import InputSource
@@ -20,7 +21,7 @@ class BatchOptions:
 
     base_url: str
     api_key: str = field(repr=False)
-    output: Path
+    output: Path | str  # a directory, or an object-storage URL
     input: InputSource = ""
     limit: int | None = None
     fresh: bool = False
@@ -30,9 +31,10 @@ class BatchOptions:
     grace_s: float = 30.0
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     anthropic_version: str = "2023-06-01"
-    betas: tuple[str, ...] = ()
     timeout_s: float = 120.0
     max_attempts: int = 8
+    betas: tuple[str, ...] = ()  # anthropic-beta values ([api] beta, the Files API's for file sources)
+    storage: StorageSpec | None = None  # [storage], for an object-storage output
 
     def client_config(self) -> ClientConfig:
         """The batch endpoints' connection: the same value (and retry policy) as the Messages client's."""
@@ -41,9 +43,9 @@ class BatchOptions:
             api_key=self.api_key,
             auth=self.auth,
             anthropic_version=self.anthropic_version,
-            betas=self.betas,
             timeout_s=self.timeout_s,
             max_attempts=self.max_attempts,
+            betas=self.betas,
         )
 
 
@@ -52,7 +54,7 @@ class BatchOutcome:
     """How a batch invocation ended and what is still pending."""
 
     summary: Summary
-    output: Path
+    output: Path | str
     results_rows: int
     submitted_batches: int
     submitted_rows: int  # followers (dedupe) included

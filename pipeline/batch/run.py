@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.api.batches import BatchesApi, BatchInfo
 from pipeline.api.config import is_loopback
+from pipeline.api.files import FilesApi
 from pipeline.api.models import checked_job
 from pipeline.batch.collect import BatchTally, Collector
 from pipeline.batch.options import BatchOptions, BatchOutcome
@@ -50,13 +51,16 @@ from pipeline.errors import (
 )
 from pipeline.job.spec import BatchSpec, JobSpec, PricesSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
+from pipeline.payloads.transport import Transport, transport_for
 from pipeline.records import Result, Row, Summary
 from pipeline.results.journal import Journal
-from pipeline.results.lock import locked_output
+from pipeline.results.outputs import cache_folder, open_output
 from pipeline.results.schema import output_schema
-from pipeline.results.store import ResultStore, note_job
+from pipeline.results.store import ResultStore
+from pipeline.results.uploads import FileMap, FilesTransport
 from pipeline.rows.media import download_client, online_loader
 from pipeline.rows.reader import SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.shutdown import Shutdown
 
 if TYPE_CHECKING:
@@ -81,44 +85,74 @@ async def run_batch(
     :raises SpecError: before anything is sent, when ``spec`` breaks its model's rules.
     """
     started = time.monotonic()
+    settings = spec.storage if spec is not None else options.storage
     facts_source = ""
     if spec is not None:
         # refused up front, never per row (or hours later, in a batch's results)
         config = options.client_config()
-        spec, facts = await checked_job(spec, config, options.output, mode="batch", transport=transport)
+        spec, facts = await checked_job(
+            spec, config, cache_folder(options.output, settings), mode="batch", transport=transport
+        )
         facts_source = facts.source
-    store = ResultStore(options.output)
-    store.prepare()
-    with locked_output(options.output):
-        batch_log = BatchLog(options.output)
-        batch_log.remove_spools()
-        if options.fresh:
-            still_open = [sub.label() for sub in batch_log.submissions() if sub.open]
-            if still_open:
-                raise ConfigError(
-                    f"--fresh: {len(still_open)} batches are still pending ({', '.join(still_open[:3])}); "
-                    f"cancel them (pipeline batch cancel {options.output}) and collect them first"
-                )
-            store.start_fresh()
-        else:
-            store.compact()
-            if spec is not None:
-                store.adopt_legacy(spec.request)
-        async with BatchesApi(options.client_config(), transport=transport) as api:
-            engine = _Engine(store, batch_log, api, spec, options)
-            engine.facts_source = facts_source
-            return await engine.run(started, shutdown or Shutdown(options.grace_s))
+    storage = ObjectStorage(StorageSettings.from_spec(settings))
+    try:
+        store = open_output(options.output, storage, settings)
+        store.prepare()
+        with store.locked():
+            return await _run_held(
+                spec,
+                options,
+                store,
+                storage,
+                transport,
+                started,
+                shutdown or Shutdown(options.grace_s),
+                facts_source,
+            )
+    finally:
+        storage.close()
+
+
+async def _run_held(
+    spec: JobSpec | None,
+    options: BatchOptions,
+    store: ResultStore,
+    storage: ObjectStorage,
+    transport: httpx.AsyncBaseTransport | None,
+    started: float,
+    shutdown: Shutdown,
+    facts_source: str,
+) -> BatchOutcome:
+    batch_log = BatchLog(store.directory, on_write=store.sync)
+    batch_log.remove_spools()
+    if options.fresh:
+        still_open = [sub.label() for sub in batch_log.submissions() if sub.open]
+        if still_open:
+            raise ConfigError(
+                f"--fresh: {len(still_open)} batches are still pending ({', '.join(still_open[:3])}); "
+                f"cancel them (pipeline batch cancel {options.output}) and collect them first"
+            )
+        store.start_fresh()
+    else:
+        store.compact()
+        if spec is not None:
+            store.adopt_legacy(spec.request)
+    async with BatchesApi(options.client_config(), transport=transport) as api:
+        engine = _Engine(store, batch_log, api, spec, options, storage, transport)
+        engine.facts_source = facts_source
+        return await engine.run(started, shutdown)
 
 
 async def cancel_batches(
     options: BatchOptions, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> list[str]:
     """Cancel every pending batch of an output directory; one line per batch."""
-    store = ResultStore(options.output)
+    storage = ObjectStorage(StorageSettings.from_spec(options.storage))
+    store = open_output(options.output, storage, options.storage)
     store.prepare()
     lines: list[str] = []
-    with locked_output(options.output):
-        batch_log = BatchLog(options.output)
+    with store.locked():
+        batch_log = BatchLog(store.directory, on_write=store.sync)
         async with BatchesApi(options.client_config(), transport=transport) as api:
             engine = _Engine(store, batch_log, api, None, options)
             await engine.reconcile()
@@ -154,8 +188,12 @@ class _Engine:
         api: BatchesApi,
         spec: JobSpec | None,
         options: BatchOptions,
+        storage: ObjectStorage | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store = store
+        self.storage = storage
+        self.transport = transport
         self.log = batch_log
         self.api = api
         self.spec = spec
@@ -177,6 +215,7 @@ class _Engine:
         self.rows_seen = 0  # input rows the first submission pass read
         self._unsendable: set[str] = set()  # rows that became errors without a request, this invocation
         self._progress: dict[str, BatchInfo] = {}
+        self._files: FileMap | None = None
 
     async def run(self, started: float, shutdown: Shutdown) -> BatchOutcome:
         fatal: FatalApiError | None = None
@@ -341,7 +380,7 @@ class _Engine:
         """Submit every row that is neither settled nor pending, in as many batches as the limits need."""
         options = self.options
         self.exhausted = 0  # counted afresh by each pass
-        table = open_job_input(spec, options.input)
+        table = open_job_input(spec, options.input, self.storage)
         fingerprint = spec.request.fingerprint()
         settled = self.store.settled(
             spec.request, options.retry, sandbox_answers=is_loopback(options.base_url)
@@ -359,7 +398,7 @@ class _Engine:
             max_bytes=self.settings.max_bytes,
         )
         schema = output_schema(table.arrow_schema, spec.request)
-        note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
+        self.store.note_job(spec, options.input)  # lets `pipeline report` find the images
         adding = asyncio.Lock()  # one batch body is filled at a time, in the order rows come ready
 
         def wanted(sourced: SourcedRow) -> bool:
@@ -390,8 +429,13 @@ class _Engine:
                 self._record_error(schema, prepared.row, fingerprint, failure)
 
         try:
-            async with download_client() as http:
-                load = online_loader(http, root=spec.request.image_root, timeout_s=spec.limits.timeout_s)
+            async with (
+                download_client() as http,
+                FilesApi(options.client_config(), transport=self.transport) as files,
+            ):
+                load = online_loader(
+                    http, root=spec.request.image_root, timeout_s=spec.limits.timeout_s, storage=self.storage
+                )
                 await prepare_rows(
                     spec.request,
                     iter_rows(table, limit=options.limit),
@@ -400,6 +444,7 @@ class _Engine:
                     wanted=wanted,
                     keys=spec.request.dedupes,
                     stopping=self.stop.is_set,
+                    transport=self._media(spec, files),
                 )
                 if self.stop.is_set():
                     submitter.discard()  # never sent, so never paid: the next invocation submits these rows
@@ -416,6 +461,20 @@ class _Engine:
                 # closed before the next compaction, which folds (and deletes) every journal
                 self._journal.close()
                 self._journal = None
+
+    def _media(self, spec: JobSpec, files: FilesApi) -> Transport:
+        """How images travel into the batch bodies: inline, by (presigned) URL, or by Files API id."""
+        request = spec.request
+        if request.image_transport != "files":
+            return transport_for(request.image_transport, self.storage, presign=request.presign, batch=True)
+        if self._files is None:  # one map for every submission pass: each distinct image uploaded once
+            self._files = FileMap(
+                self.store.directory,
+                base_url=self.options.base_url,
+                sandbox=self.options.sandbox,
+                on_change=self.store.changed,
+            )
+        return FilesTransport(files, self._files, api_key_env=spec.api.api_key_env)
 
     def _record_error(self, schema: Any, row: Row, fingerprint: str, failure: RowError) -> None:
         """A row that cannot be sent is an error row now, with no request made (as in realtime mode)."""

@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from pipeline.atomic import fsync_path
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
 
 BATCH_DIR = ".batches"
 LOG_FILE = "log.jsonl"
@@ -130,9 +130,12 @@ class Submission:
 class BatchLog:
     """The event log and rows files of one output directory."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, *, on_write: Callable[[Path], None] | None = None) -> None:
+        """:param on_write: told of each file that must be saved now (an object-storage output
+        uploads the rows file and the log before the create request leaves)."""
         self.directory = output / BATCH_DIR
         self.path = self.directory / LOG_FILE
+        self.on_write = on_write
 
     def exists(self) -> bool:
         """Whether anything was ever submitted from this output directory."""
@@ -164,6 +167,11 @@ class BatchLog:
                 os.close(fd)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        if self.on_write is not None:
+            rows = self.rows_path(key)
+            if event == "intent" and rows.exists():
+                self.on_write(rows)
+            self.on_write(self.path)
         return record
 
     def submissions(self) -> list[Submission]:
@@ -319,7 +327,22 @@ def row_leaders(rows: pa.Table) -> list[str | None]:
     return leaders
 
 
-def not_found_message(output: Path, sub: Submission, base_url: str) -> str:
+def refuse_pending(output: Path, label: str | None = None) -> None:
+    """A realtime run would pay again for rows that a pending batch holds: ConfigError instead.
+
+    :param label: how messages name the output (its URL, for an object-storage output's mirror).
+    """
+    pending = [sub.label() for sub in BatchLog(output).submissions() if sub.open]
+    if pending:
+        name = label or str(output)
+        raise ConfigError(
+            f"{name} has {len(pending)} pending batches ({', '.join(pending[:3])}); collect them"
+            f" (pipeline batch collect {name}) or cancel them first, or keep running with --mode batch"
+            " (a batch that no longer exists: pipeline batch forget)"
+        )
+
+
+def not_found_message(output: Path | str, sub: Submission, base_url: str) -> str:
     """What to do about a batch the API says does not exist (the key, the URL, or ``batch forget``)."""
     return (
         f"batch {sub.batch_id} is not found at {base_url} (it was submitted to {sub.base_url}); check the"

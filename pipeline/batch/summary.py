@@ -6,7 +6,7 @@ Pure; printing is the CLI's job.
 from __future__ import annotations
 
 from pipeline.batch.options import BatchOutcome
-from pipeline.results.summary import cost_line, shared_and_error_lines, tokens_text
+from pipeline.results.summary import cost_line, results_location, shared_and_error_lines, tokens_text
 
 
 def batch_text(outcome: BatchOutcome) -> str:
@@ -23,7 +23,7 @@ def batch_text(outcome: BatchOutcome) -> str:
     lines.append(cost_line(summary.cost_usd, summary.priced_as))
     if summary.model_facts:
         lines.append(f"model rules: {summary.model_facts}")
-    lines.append(f"results: {outcome.output / 'results.parquet'}")
+    lines.append(f"results: {results_location(outcome.output)}")
     lines.append(pending_line(outcome))
     return "\n".join(lines)
 

@@ -38,6 +38,12 @@ class Provider:
     ratelimit_headers: bool = False  # sends anthropic-ratelimit-* headers
     key_required: bool = True
     note: str = ""
+    # image (and PDF) sources by URL, fetched by the server (`source.type = "url"`)
+    url_sources: bool = False
+    # the Files API (/v1/files, beta header files-api-2025-04-14) and `source.type = "file"`
+    files_api: bool = False
+    # `document` blocks (PDF and plain text)
+    documents: bool = False
 
 
 PRESETS: dict[str, Provider] = {
@@ -53,6 +59,12 @@ PRESETS: dict[str, Provider] = {
         ratelimit_headers=True,
         models_api=True,
         note="the hosted API",
+        # https://platform.claude.com/docs/en/build-with-claude/vision (URL sources),
+        # https://platform.claude.com/docs/en/build-with-claude/files,
+        # https://platform.claude.com/docs/en/build-with-claude/pdf-support
+        url_sources=True,
+        files_api=True,
+        documents=True,
     ),
     # github.com/aimlapi/api-docs (docs/capabilities/messages.json, 2026-05): Bearer auth; its batches
     # live at /v1/batches with another shape; its model list is not Anthropic's ModelInfo; replies
@@ -137,10 +149,23 @@ def preset(name: str) -> Provider:
 
 
 def unsupported_features(
-    provider: Provider, *, tool_choice: bool = False, count_tokens: bool = False
+    provider: Provider,
+    *,
+    tool_choice: bool = False,
+    count_tokens: bool = False,
+    image_transport: str = "base64",
+    documents: bool = False,
 ) -> list[str]:
     """What a job asks for that ``provider`` lacks, each as ``key: reason`` (empty when all is there)."""
     problems: list[str] = []
+    if image_transport == "url" and not provider.url_sources:
+        problems.append(
+            f'request.image_transport: provider {provider.name!r} does not fetch images by URL; use "base64"'
+        )
+    if image_transport == "files" and not provider.files_api:
+        problems.append(f'request.image_transport: provider {provider.name!r} has no Files API; use "base64"')
+    if documents and not provider.documents:
+        problems.append(f"request.documents: provider {provider.name!r} does not take document blocks")
     if tool_choice and not provider.tool_choice:
         problems.append(
             f"request.tool_choice: provider {provider.name!r} does not support tool_choice; remove it"

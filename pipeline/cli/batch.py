@@ -16,11 +16,13 @@ import click
 
 from pipeline.cli.support import (
     EXIT_OK,
+    OUTPUT,
     SANDBOX_KEY,
     api_key_for,
     exit_code,
     expected_errors,
     fail,
+    job_output,
     server_url,
     setup_logging,
 )
@@ -36,7 +38,7 @@ def run_batch_mode(
     sandbox: bool,
     base_url: str | None,
     input_: str | None,
-    output: Path | None,
+    output: Path | str | None,
     limit: int | None,
     fresh: bool,
     retry_errors: str | None,
@@ -46,6 +48,7 @@ def run_batch_mode(
     as_json: bool,
 ) -> NoReturn:
     """``run --mode batch``: refuse providers without Anthropic's batches, then submit/collect/wait."""
+    from pipeline.api.config import job_betas
     from pipeline.batch.options import BatchOptions
     from pipeline.batch.run import run_batch
     from pipeline.results.store import RerunPolicy
@@ -60,7 +63,7 @@ def run_batch_mode(
         options = BatchOptions(
             base_url=url,
             api_key=api_key,
-            output=output if output is not None else Path(spec.output),
+            output=job_output(spec, output),
             input=input_ if input_ is not None else spec.input,
             limit=limit,
             fresh=fresh,
@@ -71,9 +74,10 @@ def run_batch_mode(
             grace_s=grace_s,
             auth=spec.api.auth,
             anthropic_version=spec.api.anthropic_version,
-            betas=tuple(spec.api.beta),
             timeout_s=spec.limits.timeout_s,
             max_attempts=spec.limits.max_attempts,
+            betas=job_betas(spec),
+            storage=spec.storage,
         )
         outcome = asyncio.run(run_batch(spec, options))
     _finish_batch(outcome, base_url=options.base_url, max_error_rate=max_error_rate, as_json=as_json)
@@ -111,24 +115,20 @@ def _finish_batch(outcome: Any, *, base_url: str, max_error_rate: float, as_json
 
 
 def refuse_pending_batches(output: Path) -> None:
-    """A realtime run would pay again for rows that a pending batch holds: refuse it instead."""
-    from pipeline.batch.state import BatchLog
+    """A realtime run would pay again for rows that a pending batch holds: refuse it before anything."""
+    from pipeline.batch.state import refuse_pending
 
-    pending = [sub.label() for sub in BatchLog(output).submissions() if sub.open]
-    if pending:
-        raise ConfigError(
-            f"{output} has {len(pending)} pending batches ({', '.join(pending[:3])}); collect them"
-            f" (pipeline batch collect {output}) or cancel them first, or keep running with --mode batch"
-            " (a batch that no longer exists: pipeline batch forget)"
-        )
+    refuse_pending(output)
 
 
-def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
+def _stored_options(output: Path | str, base_url: str | None, **extra: Any) -> Any:
     """Options for the batch commands, from what OUTPUT recorded (never the key: that comes from the env)."""
     from pipeline.batch.manage import connection
     from pipeline.batch.options import BatchOptions
+    from pipeline.results.outputs import reading
 
-    stored = connection(output)
+    with reading(output) as (store, _):
+        stored = connection(store.directory)
     if stored.get("sandbox") and base_url is None:
         raise ConfigError(
             f"{output}: its batches went to the built-in sandbox, which stopped with its run;"
@@ -138,13 +138,19 @@ def _stored_options(output: Path, base_url: str | None, **extra: Any) -> Any:
     key = os.environ.get(env, "").strip() or (SANDBOX_KEY if stored.get("sandbox") else "")
     if not key:
         raise ConfigError(f"{env} is not set (the key variable {output}'s batches were submitted with)")
+    request = stored.get("request")
+    files = isinstance(request, dict) and request.get("image_transport") == "files"
     return BatchOptions(
         base_url=(base_url or str(stored["base_url"])).rstrip("/"),
         api_key=key,
         output=output,
         auth=stored.get("auth") or "x-api-key",
         anthropic_version=str(stored.get("anthropic_version") or "2023-06-01"),
-        betas=tuple(str(name) for name in stored.get("beta") or ()),
+        betas=tuple(
+            dict.fromkeys(
+                [str(name) for name in stored.get("beta") or ()] + (["files-api-2025-04-14"] if files else [])
+            )
+        ),
         **extra,
     )
 
@@ -161,17 +167,19 @@ _BASE_URL_HELP = "API base URL; default: the one the batches were submitted to."
 
 
 @batch.command("status")
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option("--base-url", help=_BASE_URL_HELP)
 @click.option("--offline", is_flag=True, help="Show what OUTPUT records, without asking the API.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submissions as JSON on stdout.")
 @expected_errors
-def batch_status(output: Path, base_url: str | None, offline: bool, as_json: bool) -> None:
+def batch_status(output: Path | str, base_url: str | None, offline: bool, as_json: bool) -> None:
     """List OUTPUT's batches: pending ones with their processing status and counts."""
     from pipeline.batch.manage import batch_status as read_batches
+    from pipeline.results.outputs import reading
 
     options = None if offline else _stored_options(output, base_url)
-    entries = asyncio.run(read_batches(output, options))
+    with reading(output) as (store, _):
+        entries = asyncio.run(read_batches(store.directory, options, label=str(output)))
     if as_json:
         click.echo(json.dumps({"output": str(output), "batches": entries}))
         sys.exit(EXIT_OK)
@@ -190,7 +198,7 @@ def batch_status(output: Path, base_url: str | None, offline: bool, as_json: boo
 
 
 @batch.command("collect")
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option("--base-url", help=_BASE_URL_HELP)
 @click.option("--wait", is_flag=True, help="Wait until every pending batch has ended, with progress.")
 @click.option(
@@ -204,7 +212,7 @@ def batch_status(output: Path, base_url: str | None, offline: bool, as_json: boo
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @expected_errors
 def batch_collect(
-    output: Path, base_url: str | None, wait: bool, max_error_rate: float, as_json: bool, verbose: int
+    output: Path | str, base_url: str | None, wait: bool, max_error_rate: float, as_json: bool, verbose: int
 ) -> None:
     """Collect OUTPUT's batches that have ended into results.parquet (submits nothing)."""
     from pipeline.batch.run import run_batch
@@ -218,10 +226,10 @@ def batch_collect(
 
 
 @batch.command("cancel")
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option("--base-url", help=_BASE_URL_HELP)
 @expected_errors
-def batch_cancel(output: Path, base_url: str | None) -> None:
+def batch_cancel(output: Path | str, base_url: str | None) -> None:
     """Cancel OUTPUT's pending batches; collect them afterwards.
 
     What was done before the cancel is kept; canceled rows are submitted again by the next run.
@@ -234,13 +242,13 @@ def batch_cancel(output: Path, base_url: str | None) -> None:
 
 
 @batch.command("forget")
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.argument("batch_id", metavar="BATCH_ID")
 @click.option(
     "--yes", is_flag=True, help="Forget it even though its rows may be paid twice if the batch still exists."
 )
 @expected_errors
-def batch_forget(output: Path, batch_id: str, yes: bool) -> None:
+def batch_forget(output: Path | str, batch_id: str, yes: bool) -> None:
     """Give up a pending batch the API no longer knows; the next run submits its rows again.
 
     BATCH_ID is a msgbatch_ id, or the key of an unconfirmed submission (`pipeline batch status
@@ -248,8 +256,10 @@ def batch_forget(output: Path, batch_id: str, yes: bool) -> None:
     or workspace, or at another base URL), its rows may be paid twice: check first, then pass --yes.
     """
     from pipeline.batch.manage import find_pending, forget_batch
+    from pipeline.results.outputs import reading
 
-    sub = find_pending(output, batch_id)
+    with reading(output) as (store, _):
+        sub = find_pending(store.directory, batch_id)
     if not yes:
         fail(
             f"batch forget: {sub.label()} ({sub.requests} requests) would be given up and its rows submitted"

@@ -17,13 +17,16 @@ import click
 
 from pipeline.catalog.providers import PRESETS
 from pipeline.cli.batch import batch, refuse_pending_batches, run_batch_mode
+from pipeline.cli.files import files
 from pipeline.cli.support import (
     EXIT_OK,
     EXIT_ROW_ERRORS,
+    OUTPUT,
     api_key_for,
     exit_code,
     expected_errors,
     fail,
+    job_output,
     server_url,
     setup_logging,
 )
@@ -48,9 +51,7 @@ def cli() -> None:
 @click.option("--base-url", help="API base URL; overrides ANTHROPIC_BASE_URL and the job's [api] base_url.")
 @click.option("--input", "input_", help="Input file or glob; overrides the job's input.")
 @click.option(
-    "--output",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Output directory; overrides the job's.",
+    "--output", type=OUTPUT, help="Output directory (or s3://, gs://, az:// URL); overrides the job's."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option(
@@ -97,7 +98,7 @@ def run(
     sandbox: bool,
     base_url: str | None,
     input_: str | None,
-    output: Path | None,
+    output: Path | str | None,
     limit: int | None,
     fresh: bool,
     retry_errors: str | None,
@@ -113,7 +114,7 @@ def run(
     from pipeline.realtime.run import RunOptions, run_job
     from pipeline.results.compaction import prefer_system_allocator
     from pipeline.results.store import RerunPolicy
-    from pipeline.results.summary import summary_json, summary_text
+    from pipeline.results.summary import results_location, summary_json, summary_text
 
     setup_logging(verbose)
     prefer_system_allocator()
@@ -135,18 +136,21 @@ def run(
         )
     if wait:
         raise ConfigError("--wait applies to --mode batch (a realtime run always runs to the end)")
-    refuse_pending_batches(output if output is not None else Path(spec.output))
+    target = job_output(spec, output)
+    if isinstance(target, Path):  # an object-storage output is checked once its mirror is pulled
+        refuse_pending_batches(target)
     api_key = api_key_for(spec, sandbox=sandbox)
     with server_url(spec, sandbox=sandbox, base_url=base_url) as url:
         options = RunOptions(
             base_url=url,
             api_key=api_key,
             input=input_ if input_ is not None else spec.input,
-            output=output if output is not None else Path(spec.output),
+            output=target,
             limit=limit,
             fresh=fresh,
             retry=RerunPolicy.parse(retry_errors),
             grace_s=grace_s,
+            sandbox=sandbox,
         )
         outcome = asyncio.run(run_job(spec, options))
     summary = outcome.summary
@@ -158,8 +162,8 @@ def run(
         decided=sent,
         max_error_rate=max_error_rate,
     )
-    results = outcome.output / "results.parquet"
-    click.echo(summary_text(summary, output=str(results)), err=True)
+    results = results_location(outcome.output)
+    click.echo(summary_text(summary, output=results), err=True)
     if as_json:
         click.echo(summary_json(summary, output=str(outcome.output), exit_code=code))
     if outcome.fatal is not None:
@@ -177,14 +181,17 @@ def run(
 @click.argument("job", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--input", "input_", help="Input file or glob; overrides the job's input.")
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Problems to list.")
+@click.option(
+    "--fetch", is_flag=True, help="Also download images and documents from URLs and object storage."
+)
 @expected_errors
-def validate(job: Path, input_: str | None, show: int) -> None:
+def validate(job: Path, input_: str | None, show: int, fetch: bool) -> None:
     """Check JOB and every input row without sending anything (exit 1 if some rows would fail)."""
     from pipeline.dryrun.validate import validate_job
     from pipeline.job.spec import load_job
 
     spec = load_job(job)
-    report = validate_job(spec, input_ if input_ is not None else spec.input)
+    report = validate_job(spec, input_ if input_ is not None else spec.input, fetch=fetch)
     click.echo(report.text(show), err=True)
     sys.exit(EXIT_ROW_ERRORS if report.problems else EXIT_OK)
 
@@ -193,9 +200,7 @@ def validate(job: Path, input_: str | None, show: int) -> None:
 @click.argument("job", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--input", "input_", help="Input file or glob; overrides the job's input.")
 @click.option(
-    "--output",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Output directory whose finished rows are left out; overrides the job's.",
+    "--output", type=OUTPUT, help="Output directory whose finished rows are left out; overrides the job's."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
 @click.option(
@@ -217,17 +222,21 @@ def validate(job: Path, input_: str | None, show: int) -> None:
     help="Estimate a sandbox run: rows the sandbox answered count as done, and --exact counts with it.",
 )
 @click.option("--base-url", help="With --exact: API base URL; overrides ANTHROPIC_BASE_URL and the job's.")
+@click.option(
+    "--fetch", is_flag=True, help="Also download images from URLs and object storage, to count their tokens."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
 @expected_errors
 def estimate(
     job: Path,
     input_: str | None,
-    output: Path | None,
+    output: Path | str | None,
     limit: int | None,
     exact: bool,
     sample: int,
     sandbox: bool,
     base_url: str | None,
+    fetch: bool,
     as_json: bool,
 ) -> None:
     """Estimate JOB's tokens and cost before spending anything (never sends a Messages request)."""
@@ -246,25 +255,28 @@ def estimate(
         result = estimate_job(
             spec,
             input_ if input_ is not None else spec.input,
-            output if output is not None else Path(spec.output),
+            job_output(spec, output),
             limit=limit,
             exact_base_url=url or None,
             api_key=api_key,
             sample=sample,
+            fetch=fetch,
             sandbox_answers=local,
         )
     click.echo(estimate_json(result) if as_json else estimate_text(result))
 
 
 @cli.command()
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
 @expected_errors
-def status(output: Path, as_json: bool) -> None:
+def status(output: Path | str, as_json: bool) -> None:
     """Summarise an output directory (counts, errors by type, tokens) without any network."""
+    from pipeline.results.outputs import reading
     from pipeline.review.status import read_status, status_json, status_text
 
-    state = read_status(output)
+    with reading(output) as (store, holder):
+        state = read_status(store.directory, label=output, running=holder)
     if as_json:
         click.echo(status_json(state))
     else:
@@ -273,7 +285,7 @@ def status(output: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), required=True, help="File format."
 )
@@ -283,17 +295,21 @@ def status(output: Path, as_json: bool) -> None:
     help="Where to write (- for stdout). Default: OUTPUT/export.<format>.",
 )
 @expected_errors
-def export(output: Path, fmt: str, to: Path | None) -> None:
+def export(output: Path | str, fmt: str, to: Path | None) -> None:
     """Write OUTPUT's results as CSV, JSONL or Parquet, every column kept (nested ones as JSON in CSV)."""
+    from pipeline.results.outputs import publish, reading
     from pipeline.review.export import STDOUT, export_results
 
-    path, rows = export_results(output, fmt, to)  # type: ignore[arg-type]
+    with reading(output) as (store, _):
+        path, rows = export_results(store.directory, fmt, to)  # type: ignore[arg-type]
+        # the default place is beside the results: in the bucket, for an object-storage output
+        where = publish(output, path) if to is None and isinstance(output, str) else str(path)
     if path != STDOUT:
-        click.echo(f"{rows} rows written to {path}", err=True)
+        click.echo(f"{rows} rows written to {where}", err=True)
 
 
 @cli.command()
-@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output", type=OUTPUT)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -308,17 +324,21 @@ def export(output: Path, fmt: str, to: Path | None) -> None:
     "--thumb-px", type=click.IntRange(32, 512), default=160, show_default=True, help="Thumbnail long edge."
 )
 @expected_errors
-def report(output: Path, out: Path | None, job: Path | None, thumb_px: int) -> None:
+def report(output: Path | str, out: Path | None, job: Path | None, thumb_px: int) -> None:
     """Write an offline HTML gallery of OUTPUT: each row's image beside its answer, errors, numbers."""
     from pipeline.job.spec import load_job
+    from pipeline.results.outputs import publish, reading
     from pipeline.review.gallery import write_gallery
 
     spec = load_job(job) if job is not None else None
-    info = write_gallery(output, out, job=spec, edge=thumb_px)
+    with reading(output) as (store, _):
+        info = write_gallery(store.directory, out, job=spec, edge=thumb_px)
+        # the default place is beside the results: in the bucket, for an object-storage output
+        where = publish(output, info.path) if out is None and isinstance(output, str) else str(info.path)
     missing = f", {info.missing_images} images could not be read" if info.missing_images else ""
     click.echo(
         f"{info.rows} rows, {info.thumbnails} thumbnails{missing}; {info.bytes / 1024:,.0f} KiB written to"
-        f" {info.path}",
+        f" {where}",
         err=True,
     )
 
@@ -459,6 +479,7 @@ def sandbox(
 
 
 cli.add_command(batch)
+cli.add_command(files)
 
 
 def main() -> None:

@@ -13,12 +13,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.extras import require
+from pipeline.rows.storage import is_object_url
 
 if TYPE_CHECKING:
     from pipeline.job.spec import JobSpec
@@ -26,6 +28,33 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 SANDBOX_KEY = "sk-sandbox-not-a-real-key"
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OutputLocation(click.ParamType[Path | str]):
+    """An output: a local directory (a ``Path``), or an object-storage URL kept as text (``s3://b/p``)."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        text = str(value)
+        if is_object_url(text):
+            return text
+        if "://" in text:
+            self.fail(f"{text!r}: an output is a directory or an s3://, gs:// or az:// URL", param, ctx)
+        path = Path(text)
+        if path.exists() and not path.is_dir():
+            self.fail(f"Directory {text!r} is a file.", param, ctx)
+        return path
+
+
+OUTPUT = OutputLocation()
+
+
+def job_output(spec: JobSpec, given: Path | str | None = None) -> Path | str:
+    """Where a job writes: ``--output``, else the job's ``output`` (a URL stays a URL)."""
+    if given is not None:
+        return given
+    return spec.output if is_object_url(spec.output) else Path(spec.output)
 
 
 def exit_code(

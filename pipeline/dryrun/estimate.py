@@ -6,7 +6,8 @@ left out), images as they will be sent after resizing, the likely input tokens o
 length, and the dollars for realtime and batch mode with and without prompt caching. With
 ``exact``, a sample of the requests is counted by the free ``/v1/messages/count_tokens`` endpoint
 and the costs use the local estimate corrected by what the sample showed. Never calls
-``/v1/messages``; image URLs are not fetched.
+``/v1/messages``; images behind URLs or in object storage are counted, not fetched, unless
+``fetch``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from pipeline.payloads.tokens import (
     request_tokens,
     text_tokens,
 )
-from pipeline.results.store import RerunPolicy, ResultStore, settled_rows
-from pipeline.rows.media import offline_loader
+from pipeline.results.outputs import is_remote_output, reading
+from pipeline.results.store import RerunPolicy, settled_rows
+from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.wire import MessagePayload
 
 DEFAULT_SAMPLE = 20
@@ -79,28 +82,35 @@ class _Walk:
 def estimate_job(
     spec: JobSpec,
     source: InputSource,
-    output: Path,
+    output: Path | str,
     *,
     limit: int | None = None,
     exact_base_url: str | None = None,
     api_key: str = "",
     sample: int = DEFAULT_SAMPLE,
+    fetch: bool = False,
     sandbox_answers: bool = False,
 ) -> Estimate:
     """Estimate ``spec``'s cost; with ``exact_base_url``, count a sample of requests there.
 
+    :param fetch: download images behind URLs and in object storage too (else they are counted).
     :param sandbox_answers: whether rows the sandbox answered count as done (only when the run
         being estimated goes to a server on this machine; see ``results.store.settled_rows``).
     :raises SpecError: the job breaks its model's rules (checked offline: a cached ``/v1/models``
         answer in ``output``, else the shipped table).
     """
-    spec, facts = checked_job_offline(spec, output)
+    spec, facts = checked_job_offline(spec, None if is_remote_output(output) else Path(output))
     request = spec.request
-    table = open_job_input(spec, source)
-    settled, typical = _earlier_results(output, request, sandbox_answers)
-    walk = _Walk()
-    rng = random.Random(0)  # the same sample every time for the same input
-    asyncio.run(_walk_rows(spec, iter_rows(table, limit=limit), settled, walk, rng, sample))
+    storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
+    try:
+        table = open_job_input(spec, source, storage)
+        settled, typical = _earlier_results(output, request, storage, spec, sandbox_answers=sandbox_answers)
+        walk = _Walk()
+        rng = random.Random(0)  # the same sample every time for the same input
+        rows = iter_rows(table, limit=limit)
+        asyncio.run(_walk_rows(spec, rows, settled, walk, rng, sample, storage if fetch else None))
+    finally:
+        storage.close()
     exact = None
     if exact_base_url is not None and walk.sample:
         exact = asyncio.run(_count_sample(spec, exact_base_url, api_key, walk.sample))
@@ -165,16 +175,17 @@ def _cache_outlook(enabled: bool, model: str, prefixes: Mapping[bytes, tuple[int
 
 
 def _earlier_results(
-    output: Path, request: RequestSpec, sandbox_answers: bool
+    output: Path | str, request: RequestSpec, storage: ObjectStorage, spec: JobSpec, *, sandbox_answers: bool
 ) -> tuple[dict[str, str], tuple[float, str] | None]:
     """Rows an earlier run settled (row_id -> row hash), and the mean answer length it saw.
 
     Read without writing anything: journals of an interrupted run count too. Uses the default retry
     rule (``run`` without ``--retry-errors``).
     """
-    if not output.is_dir():
+    if not is_remote_output(output) and not Path(output).is_dir():
         return {}, None
-    frame = ResultStore(output).snapshot()
+    with reading(output, storage, spec.storage) as (store, _):
+        frame = store.snapshot()
     if frame is None or frame.is_empty():
         return {}, None
     try:
@@ -202,6 +213,7 @@ async def _walk_rows(
     walk: _Walk,
     rng: random.Random,
     sample: int,
+    fetching: ObjectStorage | None = None,
 ) -> None:
     request = spec.request
 
@@ -219,14 +231,19 @@ async def _walk_rows(
     async def count(prepared: Prepared) -> None:
         _count_request(walk, prepared, rng, sample)
 
-    load = offline_loader(request.image_root, remote)
+    load: Loader = offline_loader(request.image_root, remote)
     if request.examples:
         prefix = await prepare_examples(request)
         text = "".join(turn.text for turn in request.examples)
         walk.example_tokens = text_tokens(text, request.model) + sum(
             image_tokens(image.width, image.height, request.model) for image in prefix.images
         )
-    await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
+    if fetching is None:
+        await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
+        return
+    async with download_client() as http:
+        load = online_loader(http, root=request.image_root, timeout_s=spec.limits.timeout_s, storage=fetching)
+        await prepare_rows(request, rows, load, count, wanted=wanted, keys=request.dedupes, keep_images=True)
 
 
 def _count_request(walk: _Walk, prepared: Prepared, rng: random.Random, sample: int) -> None:

@@ -1,10 +1,10 @@
 """``pipeline validate``: checks a job and every input row without sending anything.
 
-Owns: the offline walk over the input (image cells load and pass the image rules, templates render,
-the request is within the API's size limits), after the job's check against its model's rules
+Owns: the walk over the input (image and document cells load and pass their rules, templates
+render, the request is within the API's size limits), after the job's check against its model's rules
 (:mod:`pipeline.job.rules`, with a cached ``/v1/models`` answer or the shipped table: no request).
-URLs are not fetched (no network); they are counted and left for the run to check, so a row's size
-is checked without them.
+Offline by default: images and documents behind URLs or in object storage are counted, not fetched,
+and a row's size is checked without them; with ``fetch`` they are downloaded and checked like the rest.
 """
 
 from __future__ import annotations
@@ -19,18 +19,22 @@ from pipeline.job.rules import job_warnings
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.records import Row
-from pipeline.rows.media import offline_loader
+from pipeline.results.outputs import is_remote_output
+from pipeline.rows.media import Loader, download_client, offline_loader, online_loader
 from pipeline.rows.memory import InputSource
-from pipeline.rows.reader import SourcedRow, iter_rows
+from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 
 
 @dataclass(slots=True)
 class ValidationReport:
-    """What ``validate`` found: rows and images checked, one line per problem row."""
+    """What ``validate`` found: rows, images and documents checked, one line per problem row."""
 
     rows: int = 0
     images: int = 0
-    remote_images: int = 0
+    remote_images: int = 0  # cells behind http(s) URLs, not fetched
+    stored_images: int = 0  # cells in object storage, not fetched
+    documents: int = 0
     problems: list[str] = field(default_factory=list)
     source: str = ""  # the job checked (its file), for the text
     model_facts: str = ""  # where the model's rules came from
@@ -43,8 +47,19 @@ class ValidationReport:
         lines += [f"  {problem}" for problem in self.problems[:show]]
         if len(self.problems) > show:
             lines.append(f"  ... and {len(self.problems) - show} more")
+        unchecked = self.remote_images + self.stored_images
+        where = ", ".join(
+            part
+            for part in (
+                f"{self.remote_images} by URL" if self.remote_images else "",
+                f"{self.stored_images} in object storage" if self.stored_images else "",
+            )
+            if part
+        )
+        skipped = f" ({unchecked} not fetched: {where}; --fetch checks them)" if unchecked else ""
+        documents = f", {self.documents} documents" if self.documents else ""
         lines.append(
-            f"{self.source}: job ok; {self.rows} rows, {self.images} images checked,"
+            f"{self.source}: job ok; {self.rows} rows, {self.images} images{documents} checked{skipped},"
             f" {len(self.problems)} rows with problems"
         )
         if self.model_facts:
@@ -59,18 +74,33 @@ class ValidationReport:
         printer.text(str(self))
 
 
-def validate_job(spec: JobSpec, source: InputSource) -> ValidationReport:
+def validate_job(spec: JobSpec, source: InputSource, *, fetch: bool = False) -> ValidationReport:
     """Check the job against its model, open the input (InputError if the job cannot run) and check
-    every row offline.
+    every row (offline unless ``fetch``).
 
     :raises SpecError: the job breaks its model's rules.
     """
-    spec, facts = checked_job_offline(spec, Path(spec.output))
-    table = open_job_input(spec, source)
-    report = ValidationReport(source=spec.source, model_facts=facts.source, notes=job_warnings(spec, facts))
+    spec, facts = checked_job_offline(spec, None if is_remote_output(spec.output) else Path(spec.output))
+    storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
+    try:
+        table = open_job_input(spec, source, storage)
+        notes = job_warnings(spec, facts)
+        report = ValidationReport(source=spec.source, model_facts=facts.source, notes=notes)
+        return asyncio.run(_walk(spec, table, storage, report, fetch=fetch))
+    finally:
+        storage.close()
+
+
+async def _walk(
+    spec: JobSpec, table: InputTable, storage: ObjectStorage, report: ValidationReport, *, fetch: bool
+) -> ValidationReport:
+    request = spec.request
 
     def remote() -> None:
         report.remote_images += 1
+
+    def stored() -> None:
+        report.stored_images += 1
 
     def count(_: SourcedRow) -> bool:
         report.rows += 1
@@ -79,11 +109,22 @@ def validate_job(spec: JobSpec, source: InputSource) -> ValidationReport:
     async def check(prepared: Prepared) -> None:
         if prepared.error is not None:
             report.problems.append(row_problem(prepared.row, prepared.error))
-        else:
+        elif prepared.payload is not None:
             report.images += prepared.image_count
+            report.documents += sum(
+                1 for block in prepared.payload["messages"][0]["content"] if block["type"] == "document"
+            )
 
-    load = offline_loader(spec.request.image_root, remote)
-    asyncio.run(prepare_rows(spec.request, iter_rows(table), load, check, wanted=count))
+    rows = iter_rows(table)
+    if not fetch:
+        load: Loader = offline_loader(request.image_root, remote, stored)
+        await prepare_rows(request, rows, load, check, wanted=count)
+    else:
+        async with download_client() as http:
+            load = online_loader(
+                http, root=request.image_root, timeout_s=spec.limits.timeout_s, storage=storage
+            )
+            await prepare_rows(request, rows, load, check, wanted=count)
     report.problems.sort(key=lambda line: int(line.split(" ", 2)[1]))
     return report
 

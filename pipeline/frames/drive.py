@@ -104,9 +104,11 @@ async def run_realtime(spec: JobSpec, run: Request) -> RunOutcome:
         grace_s=run.shutdown.grace_s,
         progress=False if notebook else run.progress,
         view=NotebookView() if notebook else None,
+        sandbox=run.server.sandbox,
     )
     outcome = await run_job(spec, options, shutdown=run.shutdown)
-    results = outcome.output / "results.parquet"
+    where = outcome.output
+    results = where / "results.parquet" if isinstance(where, Path) else f"{where.rstrip('/')}/results.parquet"
     say(summary_text(outcome.summary, output=str(results)))
     answered = outcome.summary.rows_ok + outcome.summary.rows_error
     raise_for(outcome.fatal, outcome.interrupted, f"{answered} rows answered this run are saved in {results}")
@@ -115,6 +117,7 @@ async def run_realtime(spec: JobSpec, run: Request) -> RunOutcome:
 
 async def run_batches(spec: JobSpec, run: Request) -> BatchOutcome:
     """``pipeline run --mode batch --wait``: submit, wait, collect, print the summary, raise as it exits."""
+    from pipeline.api.config import job_betas
     from pipeline.batch.options import BatchOptions
     from pipeline.batch.run import run_batch
     from pipeline.batch.summary import batch_text
@@ -139,6 +142,8 @@ async def run_batches(spec: JobSpec, run: Request) -> BatchOutcome:
         anthropic_version=spec.api.anthropic_version,
         timeout_s=spec.limits.timeout_s,
         max_attempts=spec.limits.max_attempts,
+        betas=job_betas(spec),
+        storage=spec.storage,
     )
     outcome = await run_batch(spec, options, shutdown=run.shutdown)
     for note in outcome.notes:

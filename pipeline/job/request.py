@@ -32,6 +32,8 @@ NOT_FINGERPRINTED = frozenset(
     {
         "stream", "max_input_tokens", "image_root", "schema_attempts", "cache", "cache_ttl", "dedupe",
         "max_tokens", "output_via",
+        # how an image travels (inline, by URL, by Files API id) is not what it shows
+        "image_transport", "presign",
     }
 )  # fmt: skip
 
@@ -62,6 +64,9 @@ OWN_BODY_KEYS = {
 
 ThinkingType = Literal["adaptive", "enabled", "disabled", "between_tools"]
 Effort = Literal["low", "medium", "high", "xhigh", "max"]
+
+# How image (and document) bytes reach the API: inline base64, a URL the API fetches, or a Files API id.
+ImageTransport = Literal["base64", "url", "files"]
 
 
 class StrictModel(BaseModel):
@@ -191,6 +196,14 @@ class RequestSpec(StrictModel):
     cache_ttl: Literal["5m", "1h"] = "5m"
     # send identical requests once; None: on when temperature is 0 (the answer is meant to repeat)
     dedupe: bool | None = None
+    # columns holding documents (PDF or plain text), each non-empty cell a document block
+    documents: list[str] = Field(default_factory=list)
+    # ask for citations on every document block
+    citations: bool = False
+    # "url": http(s) cells go as URL sources (not downloaded); "files": each distinct image uploaded once
+    image_transport: ImageTransport = "base64"
+    # with "url": object-storage cells (s3://, gs://, az://) go as presigned https URLs
+    presign: bool = False
     thinking: ThinkingSpec | None = None
     output_config: OutputConfigSpec | None = None
     # a JSON Schema the answer must follow, whatever carries it: output_config.format where the model
@@ -277,6 +290,17 @@ class RequestSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _media_columns(self) -> RequestSpec:
+        both = sorted(set(self.images) & set(self.documents))
+        if both:
+            raise ValueError(f"columns {both} are in both images and documents; a column holds one kind")
+        if self.citations and not self.documents:
+            raise ValueError("citations applies to document blocks: set documents = [...] too")
+        if self.presign and self.image_transport != "url":
+            raise ValueError('presign applies to image_transport = "url"')
+        return self
+
+    @model_validator(mode="after")
     def _tool_choice_matches(self) -> RequestSpec:
         names = [tool.name for tool in self.tools]
         if len(set(names)) != len(names):
@@ -341,6 +365,8 @@ class RequestSpec(StrictModel):
         )
         settings["image_max_edge"] = self.image_edge
         settings = {key: value for key, value in settings.items() if value not in ([], {})}
+        if not settings.get("citations"):
+            settings.pop("citations", None)  # added later: unset changes no fingerprint
         return _digest({"v": 2, **settings})
 
     def legacy_fingerprint(self) -> str | None:
@@ -356,6 +382,8 @@ class RequestSpec(StrictModel):
             or self.output_schema is not None
             or self.examples
             or self.extra
+            or self.documents
+            or self.citations
             or any(tool.strict is not None for tool in self.tools)
         ):
             return None

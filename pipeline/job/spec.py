@@ -1,20 +1,22 @@
 """Parses a job file (TOML) into a frozen ``JobSpec``.
 
 Owns: the job file's tables other than ``[request]`` (:mod:`pipeline.job.request`): ``[api]``,
-``[limits]``, ``[batch]``, ``[prices]``; reading and validating the file (unknown keys are errors
-that name the key); the checks that span tables (a provider's missing features); and resolving
-paths relative to the job file. Opens no table and no network.
+``[limits]``, ``[batch]``, ``[prices]``, ``[storage]``; reading and validating the file (unknown keys
+are errors that name the key); the checks that span tables (a provider's missing features); and
+resolving paths relative to the job file (URLs stay as they are). Opens no table and no network.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.catalog.models import model_facts
 from pipeline.catalog.providers import PRESETS, Provider, ProviderName, preset, unsupported_features
 from pipeline.errors import SpecError
 from pipeline.job.request import ExampleTurn, RequestSpec, StrictModel
@@ -103,6 +105,36 @@ class BatchSpec(StrictModel):
     orphan_grace_s: float = Field(default=600.0, ge=0)
 
 
+class StorageSpec(StrictModel):
+    """The optional ``[storage]`` table: object storage (S3, GCS, Azure) for input, images and output.
+
+    Credentials never go here: they come from the standard environment (``AWS_ACCESS_KEY_ID``,
+    ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_ACCOUNT_KEY``...). None of it feeds the fingerprint.
+    """
+
+    # an S3-compatible endpoint (MinIO, R2, a local server); overrides AWS_ENDPOINT_URL
+    endpoint: str | None = None
+    region: str | None = None
+    # unsigned requests, for public buckets
+    anonymous: bool = False
+    # object-storage image fetches in flight at once
+    fetch_concurrency: int = Field(default=32, ge=1, le=256)
+    # an object-storage output: the lease's lifetime (renewed at a third of it) and how often the
+    # journal is uploaded as a segment (whichever of the two comes first)
+    lease_ttl_s: float = Field(default=120.0, ge=1.0, le=86_400.0)
+    segment_s: float = Field(default=10.0, gt=0, le=3600.0)
+    segment_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    # where an object-storage output is staged on this machine (default: the user cache folder)
+    staging_dir: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value else value
+
+
 class PricesSpec(StrictModel):
     """The optional ``[prices]`` table: dollars per million tokens, overriding the shipped table."""
 
@@ -123,6 +155,7 @@ class JobSpec(StrictModel):
     limits: LimitsSpec = LimitsSpec()
     batch: BatchSpec = BatchSpec()
     prices: PricesSpec | None = None
+    storage: StorageSpec = StorageSpec()
     source: str = Field(default="", exclude=True)
 
 
@@ -157,14 +190,25 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
             f"{path}: request.cache: nothing to cache; caching marks the shared system prompt, tools"
             " and examples"
         )
-    for problem in unsupported_features(spec.api.preset, tool_choice=request.tool_choice is not None):
+    problems = unsupported_features(
+        spec.api.preset,
+        tool_choice=request.tool_choice is not None,
+        image_transport=request.image_transport,
+        documents=bool(request.documents),
+    )
+    for problem in problems:
         raise SpecError(f"{path}: {problem}")
+    if request.documents and not model_facts(request.model).pdf_input:
+        raise SpecError(f"{path}: request.documents: model {request.model!r} does not take PDF input")
     if request.image_root is not None:
         root = _resolve(base, request.image_root)
         # checked here so a typo is one error for the job, not an image_error on every row
         if not Path(root).is_dir():
             raise SpecError(f"{path}: request.image_root: {root!r} is not a directory")
         request = request.model_copy(update={"image_root": root})
+    storage = spec.storage
+    if storage.staging_dir is not None:
+        storage = storage.model_copy(update={"staging_dir": _resolve(base, storage.staging_dir)})
     if any(turn.images for turn in request.examples):
         request = request.model_copy(update={"examples": _resolve_examples(path, request)})
     return spec.model_copy(
@@ -172,6 +216,7 @@ def parse_job(raw: dict[str, Any], path: Path) -> JobSpec:
             "input": _resolve(base, spec.input),
             "output": _resolve(base, spec.output),
             "request": request,
+            "storage": storage,
         }
     )
 
@@ -205,7 +250,17 @@ def describe_validation_error(exc: ValidationError) -> str:
     return message
 
 
+def is_url(value: str) -> bool:
+    """Whether a job path is a URL (``s3://bucket/x``, ``https://...``) rather than a local path."""
+    return _URL.match(value) is not None
+
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
 def _resolve(base: Path, value: str) -> str:
+    if is_url(value):
+        return value  # object storage and web locations are absolute already
     candidate = Path(value).expanduser()
     # normpath, not resolve(): "jobs/../out" reads as "out" in messages, symlinks stay as the user made them
     return os.path.normpath(candidate if candidate.is_absolute() else base / candidate)

@@ -1,7 +1,8 @@
 """Turns a row's cells plus the job's ``[request]`` into a Messages payload. Pure: no I/O, no clock.
 
 Owns: prompt rendering, the payload shape (few-shot example turns first, then the row's message with
-its images before the prompt text, as the vision docs advise), how thinking, ``output_config``,
+its documents, then images, before the prompt text, as the vision and PDF docs advise; each inline,
+by URL or by Files API id as its transport placed it), how thinking, ``output_config``,
 ``output_schema`` (as ``output_config.format`` or a forced tool) and ``[request.extra]`` reach the
 body, the local input-token estimate the rate limiter charges before a request is sent, and refusing
 a request the API would reject for its size (so that row is an error and nothing is sent).
@@ -21,11 +22,14 @@ from pipeline.errors import RowError
 from pipeline.job.request import OUTPUT_TOOL_DESCRIPTION, RequestSpec
 from pipeline.job.rules import structured_via
 from pipeline.job.toolschema import OUTPUT_TOOL
+from pipeline.payloads.documents import PreparedDocument
 from pipeline.payloads.images import PreparedImage, estimate_image_tokens
 from pipeline.payloads.structured import adapt_schema
 from pipeline.wire import (
     AssistantMessage,
     CacheControl,
+    ContentBlock,
+    DocumentBlock,
     ImageBlock,
     Message,
     MessagePayload,
@@ -96,21 +100,45 @@ def tool_params(request: RequestSpec) -> list[ToolParam]:
     return params
 
 
+def image_block(image: PreparedImage) -> ImageBlock:
+    """An image as its block: inline base64, or the reference its transport gave it."""
+    if image.source is not None:
+        return {"type": "image", "source": image.source}  # type: ignore[typeddict-item]
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": image.media_type, "data": image.data_b64},
+    }
+
+
+def document_block(document: PreparedDocument, *, citations: bool) -> DocumentBlock:
+    """A document as its block: a PDF as base64, text as text, or the reference its transport gave it."""
+    block: DocumentBlock
+    if document.source is not None:
+        block = {"type": "document", "source": document.source}  # type: ignore[typeddict-item]
+    elif document.media_type == "application/pdf":
+        block = {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": document.data},
+        }
+    else:
+        block = {
+            "type": "document",
+            "source": {"type": "text", "media_type": "text/plain", "data": document.data},
+        }
+    if citations:
+        block["citations"] = {"enabled": True}
+    return block
+
+
 def answer_via(request: RequestSpec) -> str | None:
     """How ``output_schema`` travels: as the job (or the run, from the model's facts) decided, else
     by the shipped model table: ``format``, ``tool``, or None without an ``output_schema``."""
     return structured_via(request, model_facts(request.model))
 
 
-def image_blocks(images: Sequence[PreparedImage]) -> list[TextBlock | ImageBlock]:
-    """Base64 image blocks, in order."""
-    return [
-        {
-            "type": "image",
-            "source": {"type": "base64", "media_type": image.media_type, "data": image.data_b64},
-        }
-        for image in images
-    ]
+def image_blocks(images: Sequence[PreparedImage]) -> list[ContentBlock]:
+    """Image blocks, in order (:func:`image_block`)."""
+    return [image_block(image) for image in images]
 
 
 def example_messages(request: RequestSpec, images: Sequence[Sequence[PreparedImage]]) -> tuple[Message, ...]:
@@ -131,13 +159,16 @@ def build_payload(
     cells: Mapping[str, Any],
     images: Sequence[PreparedImage],
     examples: Sequence[Message] = (),
+    *,
+    documents: Sequence[PreparedDocument] = (),
 ) -> MessagePayload:
     """The Messages request body for one row.
 
     :param examples: the few-shot turns (:func:`example_messages`), shared by every row: they are
         copied, never changed, so one prepared prefix serves the whole run.
     """
-    content = image_blocks(images)
+    content: list[ContentBlock] = [document_block(doc, citations=request.citations) for doc in documents]
+    content.extend(image_block(image) for image in images)
     prompt = render_template(request.prompt, cells)
     if not prompt.strip():
         # the API answers 400 to an empty text block: refuse here, once, instead of sending it
@@ -245,8 +276,11 @@ def system_text(payload: MessagePayload) -> str:
     return "".join(block["text"] for block in system)
 
 
-def estimate_input_tokens(payload: MessagePayload, images: Sequence[PreparedImage]) -> int:
-    """Input tokens the request will likely be billed for: text by length, images by pixels."""
+def estimate_input_tokens(
+    payload: MessagePayload, images: Sequence[PreparedImage], documents: Sequence[PreparedDocument] = ()
+) -> int:
+    """Input tokens the request will likely be billed for: text by length, images by pixels, documents
+    by pages (an image sent by URL, never seen here, at the most one image of the model can cost)."""
     chars = len(system_text(payload))
     for message in payload["messages"]:
         for block in message["content"]:
@@ -255,8 +289,12 @@ def estimate_input_tokens(payload: MessagePayload, images: Sequence[PreparedImag
     if "tools" in payload:
         chars += len(json.dumps(payload["tools"], separators=(",", ":")))
     text_tokens = math.ceil(chars / CHARS_PER_TOKEN)
-    image_tokens = sum(estimate_image_tokens(image.width, image.height) for image in images)
-    return text_tokens + image_tokens + MESSAGE_OVERHEAD_TOKENS * len(payload["messages"])
+    unseen = model_facts(payload["model"]).image_max_tokens
+    image_tokens = sum(
+        estimate_image_tokens(image.width, image.height) if image.size_known else unseen for image in images
+    )
+    document_tokens = sum(document.tokens for document in documents)
+    return text_tokens + image_tokens + document_tokens + MESSAGE_OVERHEAD_TOKENS * len(payload["messages"])
 
 
 def check_request_size(
@@ -281,21 +319,37 @@ def check_request_size(
             error_type="request_too_large",
         )
     blocks = [block for message in payload["messages"] for block in message["content"]]
-    image_bytes = sum(len(block["source"]["data"]) for block in blocks if block["type"] == "image")
+    # inline image and document data: base64 is ASCII (a byte a character); a text document (or a
+    # URL, a file id) may escape, up to MAX_JSON_BYTES_PER_CHAR a character
+    inline = [
+        (len(str(_source_text(block["source"]))), block["source"]["type"] == "base64")
+        for block in blocks
+        if block["type"] in ("image", "document")
+    ]
+    image_bytes = sum(length for length, _ in inline)
+    media_bound = sum(
+        length if ascii_only else length * MAX_JSON_BYTES_PER_CHAR for length, ascii_only in inline
+    )
     # The estimate counts every text character (system, prompt, tools) at CHARS_PER_TOKEN, so it bounds
     # the text without serialising: only a body that could be near the cap pays for json.dumps.
     text_chars = math.ceil(input_tokens * CHARS_PER_TOKEN) + len(payload["model"])
     text_chars += sum(len(stop) for stop in payload.get("stop_sequences", ()))
     text_chars += len(json.dumps(payload["tool_choice"])) if "tool_choice" in payload else 0
-    bound = image_bytes + text_chars * MAX_JSON_BYTES_PER_CHAR + FRAME_BYTES + BLOCK_FRAME_BYTES * len(blocks)
+    bound = media_bound + text_chars * MAX_JSON_BYTES_PER_CHAR + FRAME_BYTES + BLOCK_FRAME_BYTES * len(blocks)
     if bound <= max_body_bytes:
         return
     # serialised as httpx serialises the body it sends
     size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
     if size > max_body_bytes:
         raise RowError(
-            f"request body is {size / 1e6:.1f} MB ({image_bytes / 1e6:.1f} MB of it images), over the "
+            f"request body is {size / 1e6:.1f} MB ({image_bytes / 1e6:.1f} MB of it images and documents),"
+            " over the "
             f"API's limit of {max_body_bytes / 1e6:g} MB; send fewer or smaller images per row "
             "(request.image_max_edge)",
             error_type="request_too_large",
         )
+
+
+def _source_text(source: Any) -> str:
+    """The bulky part of a media source: its data, URL or file id."""
+    return str(source.get("data") or source.get("url") or source.get("file_id") or "")

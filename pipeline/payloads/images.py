@@ -81,7 +81,12 @@ class ImagePolicy:
 
 @dataclass(frozen=True, slots=True)
 class PreparedImage:
-    """An image ready for an ``image`` block; ``width``/``height`` are the size as sent."""
+    """An image ready for an ``image`` block; ``width``/``height`` are the size as sent.
+
+    :param source: set when the image travels by reference instead of inline: a Files API id
+        (``data_b64`` is then empty), or a URL the API fetches (the image was never downloaded, so
+        its size is unknown: ``width`` and ``height`` are 0).
+    """
 
     media_type: MediaType
     data_b64: str
@@ -89,6 +94,17 @@ class PreparedImage:
     height: int
     source_bytes: int
     passed_through: bool
+    source: dict[str, str] | None = None
+
+    @property
+    def size_known(self) -> bool:
+        """Whether the pixels are known (False for a URL sent without downloading it)."""
+        return self.width > 0 and self.height > 0
+
+
+def url_image(url: str) -> PreparedImage:
+    """An image the API fetches from ``url`` itself (never downloaded here: size and type unknown)."""
+    return PreparedImage("image/jpeg", "", 0, 0, 0, passed_through=True, source={"type": "url", "url": url})
 
 
 def estimate_image_tokens(width: int, height: int) -> int:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pipeline.errors import RowError, SpecError
+from pipeline.errors import DocumentError, ImageError, RowError, SpecError
 from pipeline.job.request import RequestSpec, template_fields
 from pipeline.job.spec import JobSpec
 from pipeline.payloads.build import (
@@ -28,11 +29,15 @@ from pipeline.payloads.build import (
     example_messages,
     request_key,
 )
-from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
+from pipeline.payloads.documents import PreparedDocument, prepare_document
+from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image, url_image
+from pipeline.payloads.transport import Transport
 from pipeline.records import Row
-from pipeline.rows.media import describe_cell, is_remote
+from pipeline.rows.cells import MediaItem, cell_items
+from pipeline.rows.media import is_remote
 from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
+from pipeline.rows.storage import ObjectStorage
 from pipeline.wire import Message, MessagePayload
 
 log = logging.getLogger("pipeline.run")
@@ -40,16 +45,18 @@ log = logging.getLogger("pipeline.run")
 # Above this many images in one request every image must fit 2000 px
 # (https://platform.claude.com/docs/en/build-with-claude/vision).
 MANY_IMAGES = 20
-# rows read from the table per trip to the worker thread
+# rows read from the table per trip to the worker thread, and the most media bytes such a trip holds
 READ_ROWS = 500
+READ_MEDIA_BYTES = 32 << 20
 # rows being prepared or handed on at once by default: enough to keep the cores and the senders busy
 DEFAULT_SLOTS = (os.cpu_count() or 2) * 2 + 2
 # images decoded and encoded at once: one per core and one more, so a core never waits for a file
-# read. A row waits for one of these before it reads a local file, so however many rows are being
-# prepared (downloads in flight need many), only this many hold an image's raw bytes.
+# read, however many rows are on their way (downloads in flight need many)
 CPU_SLOTS = (os.cpu_count() or 2) + 1
 
-Loader = Callable[[str, Path], Awaitable[bytes | None]]
+# what the walk calls for each text media cell: its bytes, or None to leave it out
+Loader = Callable[[str, SourcedRow], Awaitable[bytes | None]]
+INLINE = Transport()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,7 @@ async def prepare_rows(
     keep_images: bool = False,
     stopping: Callable[[], bool] | None = None,
     on_read: Callable[[], None] | None = None,
+    transport: Transport = INLINE,
 ) -> None:
     """Prepare every wanted row, at most ``slots`` at once, and await ``take`` with each outcome.
 
@@ -162,6 +170,7 @@ async def prepare_rows(
     :param keep_images: keep the prepared images on the outcome (``estimate`` measures them).
     :param stopping: read no further once this is true (a graceful stop).
     :param on_read: called once the whole input has been read (the number of rows is then known).
+    :param transport: how images and documents travel (inline by default; see ``payloads.transport``).
 
     A row that cannot be sent (``RowError``), or whose preparation fails any other way (the preparing
     boundary: a decoder's surprise is that row's error, logged with its traceback), reaches ``take``
@@ -175,7 +184,14 @@ async def prepare_rows(
     async def one(sourced: SourcedRow, held: asyncio.Semaphore) -> None:
         try:
             outcome = await _prepare_one(
-                request, sourced, load, cpu, keys=keys, keep_images=keep_images, examples=examples
+                request,
+                sourced,
+                load,
+                cpu,
+                keys=keys,
+                keep_images=keep_images,
+                transport=transport,
+                examples=examples,
             )
             await take(outcome)
         finally:
@@ -188,12 +204,17 @@ async def prepare_rows(
                 if wanted is not None and not wanted(sourced):
                     continue
                 held = gate
-                if downloads is not None and any(is_remote(c) for _, c in image_cells(request, sourced.row)):
+                if downloads is not None and _has_image_url(request, sourced):
                     held = downloads
                 await held.acquire()
                 group.create_task(one(sourced, held))
         if on_read is not None:
             on_read()
+
+
+def _has_image_url(request: RequestSpec, sourced: SourcedRow) -> bool:
+    items = media_items(request.images, sourced)
+    return any(isinstance(item.value, str) and is_remote(item.value) for _, item in items)
 
 
 async def _prepare_one(
@@ -204,12 +225,19 @@ async def _prepare_one(
     *,
     keys: bool,
     keep_images: bool,
+    transport: Transport,
     examples: ExamplePrefix,
 ) -> Prepared:
     images: list[PreparedImage] = []
     try:
         payload, input_tokens, count = await prepare_request(
-            request, sourced, load, prepared=images if keep_images else None, examples=examples, cpu=cpu
+            request,
+            sourced,
+            load,
+            prepared=images if keep_images else None,
+            transport=transport,
+            examples=examples,
+            cpu=cpu,
         )
     except RowError as exc:
         return Prepared(sourced, error=exc)
@@ -226,7 +254,15 @@ async def _prepare_one(
 
 
 def _take(rows: Iterator[SourcedRow]) -> list[SourcedRow]:
-    return [row for _, row in zip(range(READ_ROWS), rows, strict=False)]
+    """Up to READ_ROWS rows, fewer when their image or document bytes reach READ_MEDIA_BYTES."""
+    taken: list[SourcedRow] = []
+    held = 0
+    for row in rows:
+        taken.append(row)
+        held += row.media_bytes
+        if len(taken) >= READ_ROWS or held >= READ_MEDIA_BYTES:
+            break
+    return taken
 
 
 def needed_columns(request: RequestSpec) -> dict[str, str]:
@@ -234,6 +270,7 @@ def needed_columns(request: RequestSpec) -> dict[str, str]:
     users: list[tuple[str, list[str]]] = [
         ("request.prompt", template_fields(request.prompt)),
         ("request.images", request.images),
+        ("request.documents", request.documents),
     ]
     if request.system is not None:
         users.insert(1, ("request.system", template_fields(request.system)))
@@ -245,48 +282,76 @@ def needed_columns(request: RequestSpec) -> dict[str, str]:
     return needed
 
 
-def open_job_input(spec: JobSpec, source: InputSource) -> InputTable:
-    """Open the job's input (a file or glob, or a table held in Python) and check every column it uses."""
+def media_columns(request: RequestSpec) -> list[str]:
+    """The columns holding images and documents."""
+    return [*request.images, *request.documents]
+
+
+def open_job_input(spec: JobSpec, source: InputSource, storage: ObjectStorage | None = None) -> InputTable:
+    """Open the job's input (a file, glob or URL, or a table held in Python) and check every column it uses.
+
+    :param storage: object storage, for ``s3://``, ``gs://`` and ``az://`` inputs (made when needed).
+    """
     needed = needed_columns(spec.request)
     if isinstance(source, FrameInput):
         return open_frame(source, id_column=spec.id_column, needed=needed)
-    return open_input(source, id_column=spec.id_column, needed=needed)
+    return open_input(
+        source, id_column=spec.id_column, needed=needed, media=media_columns(spec.request), storage=storage
+    )
 
 
 async def prepare_request(
     request: RequestSpec,
     sourced: SourcedRow,
-    load: Callable[[str, Path], Awaitable[bytes | None]],
+    load: Loader,
     *,
     prepared: list[PreparedImage] | None = None,
+    transport: Transport = INLINE,
     examples: ExamplePrefix | None = None,
     cpu: asyncio.Semaphore | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
     The one place a row becomes a request, for ``run``, ``validate`` and ``estimate`` alike: ``load``
-    fetches an image cell's bytes, or returns None to leave the image out (``validate`` and
-    ``estimate`` fetch no URLs). ``prepared``, when given, receives the row's images as they will be
-    sent. ``examples`` is the walk's prepared few-shot prefix (prepared here when not given).
-    ``cpu``, when given, is held while an image is decoded and encoded, and for a local file (or a
-    ``data:`` URI) while it is read too; a URL is downloaded before it is waited for.
+    fetches a text cell's bytes, or returns None to leave the image out (``validate`` and
+    ``estimate`` fetch no URLs); cells that hold bytes need no loading. ``transport`` says how each
+    image and document travels. ``prepared``, when given, receives the images as they will be sent.
+    ``examples`` is the walk's prepared few-shot prefix (prepared here when not given). ``cpu``, when
+    given, is held while an image is decoded and encoded (:data:`CPU_SLOTS`).
     """
     if examples is None:
         examples = await prepare_examples(request)
-    cells = image_cells(request, sourced.row)
+    image_items = media_items(request.images, sourced)
     policy = ImagePolicy(max_edge=request.image_edge, max_pixels=request.image_max_pixels)
-    many = len(cells) + len(examples.images) > MANY_IMAGES
+    many = len(image_items) + len(examples.images) > MANY_IMAGES
     if many:
         policy = policy.for_many_images()
     images: list[PreparedImage] = []
-    for column, cell in cells:
-        label = f"{column} {describe_cell(cell)}"
-        image = await _load_image(cell, sourced.base_dir, load, policy, label, cpu)
-        if image is not None:
-            images.append(image)
+    for column, item in image_items:
+        data = await _media_bytes(item, "image", sourced, load, transport)
+        if isinstance(data, str):
+            images.append(url_image(data))
+            continue
+        if data is None:
+            continue
+        # Decoding and re-encoding is CPU work: keep it off the event loop.
+        image = await _prepare_image(data, policy, item.label(column), cpu)
+        images.append(await transport.place(image))
+    documents: list[PreparedDocument] = []
+    for column, item in media_items(request.documents, sourced):
+        data = await _media_bytes(item, "document", sourced, load, transport)
+        if isinstance(data, str):
+            documents.append(
+                PreparedDocument("application/pdf", "", 0, 0, source={"type": "url", "url": data})
+            )
+            continue
+        if data is None:
+            continue
+        document = await asyncio.to_thread(prepare_document, data, label=item.label(column))
+        documents.append(await transport.place(document))
     turns, prefix_images = examples.pick(many)
-    payload = build_payload(request, sourced.row.values, images, turns)
-    input_tokens = estimate_input_tokens(payload, [*prefix_images, *images])
+    payload = build_payload(request, sourced.row.values, images, turns, documents=documents)
+    input_tokens = estimate_input_tokens(payload, [*prefix_images, *images], documents)
     # a request the API would refuse for its size is this row's error, and is never sent
     check_request_size(payload, input_tokens, request.input_token_limit)
     if prepared is not None:
@@ -294,33 +359,45 @@ async def prepare_request(
     return payload, input_tokens, len(images)
 
 
-async def _load_image(
-    cell: str, base_dir: Path, load: Loader, policy: ImagePolicy, label: str, cpu: asyncio.Semaphore | None
-) -> PreparedImage | None:
-    """One image cell loaded and prepared (None: ``load`` left it out), holding ``cpu`` as documented."""
+async def _prepare_image(
+    data: bytes, policy: ImagePolicy, label: str, cpu: asyncio.Semaphore | None
+) -> PreparedImage:
+    # decoding and re-encoding is CPU work: off the event loop, at most CPU_SLOTS at once in a walk
     if cpu is None:
-        data = await load(cell, base_dir)
-        return None if data is None else await _prepare_image(data, policy, label)
-    if is_remote(cell):
-        data = await load(cell, base_dir)  # downloads overlap; the bytes then wait for a core
-        if data is None:
-            return None
-        async with cpu:
-            return await _prepare_image(data, policy, label)
-    async with cpu:  # a local file is read once a core is free: few raw images in memory
-        data = await load(cell, base_dir)
-        return None if data is None else await _prepare_image(data, policy, label)
+        return await asyncio.to_thread(prepare_image, data, policy, label=label)
+    async with cpu:
+        return await asyncio.to_thread(prepare_image, data, policy, label=label)
 
 
-async def _prepare_image(data: bytes, policy: ImagePolicy, label: str) -> PreparedImage:
-    # decoding and re-encoding is CPU work: keep it off the event loop
-    return await asyncio.to_thread(prepare_image, data, policy, label=label)
+async def _media_bytes(
+    item: MediaItem,
+    kind: Literal["image", "document"],
+    sourced: SourcedRow,
+    load: Loader,
+    transport: Transport,
+) -> bytes | str | None:
+    """An item's bytes (loaded when it is text), a URL to send instead (str), or None to leave it out."""
+    if isinstance(item.value, bytes):
+        return item.value
+    reference = await transport.reference(item.value, kind)
+    if reference is not None:
+        return reference
+    if kind == "image":
+        return await load(item.value, sourced)
+    try:
+        return await load(item.value, sourced)
+    except ImageError as exc:  # the loader reads any file; for a document column it is a document's error
+        raise DocumentError(str(exc)) from None
 
 
-def image_cells(request: RequestSpec, row: Row) -> list[tuple[str, str]]:
-    """(column, cell) for each non-empty image cell of the row, in the job's column order."""
+def media_items(columns: Sequence[str], sourced: SourcedRow) -> list[tuple[str, MediaItem]]:
+    """(column, item) for each image or document a row's media cells hold, in the job's column order.
+
+    A cell that holds bytes is read from ``sourced.media`` (the row's values hold its digest).
+    """
+    media, values = sourced.media, sourced.row.values
     return [
-        (column, str(value).strip())
-        for column in request.images
-        if (value := row.values.get(column)) is not None and str(value).strip()
+        (column, item)
+        for column in columns
+        for item in cell_items(media[column] if column in media else values.get(column))
     ]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.config import is_loopback
+from pipeline.api.files import FilesApi
 from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
@@ -28,18 +29,21 @@ from pipeline.job.spec import JobSpec
 from pipeline.payloads.dedupe import Dedupe, shared_result
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
+from pipeline.payloads.transport import Transport, transport_for
 from pipeline.records import Result, Row, Sent, Summary
 from pipeline.results.journal import Journal
-from pipeline.results.lock import locked_output
+from pipeline.results.outputs import cache_folder, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress, View
 from pipeline.results.schema import output_schema
-from pipeline.results.store import RerunPolicy, ResultStore, note_job
+from pipeline.results.store import RerunPolicy, ResultStore
 from pipeline.results.summary import ResultTally
+from pipeline.results.uploads import FileMap, FilesTransport
 from pipeline.results.verdict import Verdict, judge
 from pipeline.rows.media import online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
+from pipeline.rows.storage import ObjectStorage, StorageSettings
 from pipeline.shutdown import Shutdown
 from pipeline.wire import MessagePayload
 
@@ -58,12 +62,13 @@ class RunOptions:
     base_url: str
     api_key: str
     input: InputSource
-    output: Path
+    output: Path | str  # a directory, or an object-storage URL (s3://bucket/prefix/job)
     limit: int | None = None
     fresh: bool = False
     retry: RerunPolicy = field(default_factory=RerunPolicy)
     grace_s: float = 30.0
     progress: bool | None = None  # a live display on stderr; None: when stderr is a terminal
+    sandbox: bool = False  # sending to the built-in sandbox (its uploaded files die with it)
     view: View | None = None  # shows the progress somewhere else instead (a notebook's output)
 
 
@@ -72,7 +77,7 @@ class RunOutcome:
     """How a run ended. ``fatal`` holds the reason when an API error stopped it."""
 
     summary: Summary
-    output: Path
+    output: Path | str
     results_rows: int
     fatal: FatalApiError | None = None
     interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the run
@@ -167,32 +172,43 @@ async def run_job(
     started = time.monotonic()
     config = ClientConfig.for_job(spec, base_url=options.base_url, api_key=options.api_key)
     # refused up front, never per row: the model's facts (GET /v1/models, or the shipped table)
-    spec, facts = await checked_job(spec, config, options.output, transport=transport)
-    store = ResultStore(options.output)
-    store.prepare()
-    with locked_output(options.output):
-        return await _run_locked(
-            spec,
-            options,
-            store,
-            transport,
-            started,
-            config,
-            facts.source,
-            shutdown or Shutdown(options.grace_s),
-        )
+    spec, facts = await checked_job(
+        spec, config, cache_folder(options.output, spec.storage), transport=transport
+    )
+    storage = ObjectStorage(StorageSettings.from_spec(spec.storage))
+    try:
+        store = open_output(options.output, storage, spec.storage)
+        store.prepare()
+        with store.locked():
+            return await _run_locked(
+                spec,
+                options,
+                store,
+                storage,
+                transport,
+                started,
+                config,
+                facts.source,
+                shutdown or Shutdown(options.grace_s),
+            )
+    finally:
+        storage.close()
 
 
 async def _run_locked(
     spec: JobSpec,
     options: RunOptions,
     store: ResultStore,
+    storage: ObjectStorage,
     transport: httpx.AsyncBaseTransport | None,
     started: float,
     config: ClientConfig,
     facts_source: str,
     shutdown: Shutdown,
 ) -> RunOutcome:
+    from pipeline.batch.state import refuse_pending  # the output's mirror is known only now
+
+    refuse_pending(store.directory, store.location)
     request = spec.request
     fingerprint = request.fingerprint()
     if options.fresh:
@@ -203,9 +219,9 @@ async def _run_locked(
             log.info(
                 "%d rows answered by an earlier version now carry this version's fingerprint", relabelled
             )
-    table = open_job_input(spec, options.input)
+    table = open_job_input(spec, options.input, storage)
     settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
-    note_job(options.output, spec, options.input)  # lets `pipeline report` find the images
+    store.note_job(spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
     recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
     if request.cache and (note := cache_shortfall(request)):
@@ -215,10 +231,12 @@ async def _run_locked(
     fatal: FatalApiError | None = None
     stopped_by: PipelineError | None = None
     client = MessagesClient(config, transport=transport)
+    files = FilesApi(config, transport=transport)
     try:
-        async with client:
+        async with client, files:
             try:
-                run = _Run(table, settled, request, client, recorder)
+                media = _transport(spec, store, storage, files, options)
+                run = _Run(table, settled, request, client, recorder, media, storage)
                 run.progress = Progress(
                     recorder.tally,
                     limits=ProgressLimits(
@@ -272,6 +290,19 @@ async def _run_locked(
     )
 
 
+def _transport(
+    spec: JobSpec, store: ResultStore, storage: ObjectStorage, files: FilesApi, options: RunOptions
+) -> Transport:
+    """How this run's images travel: inline, by URL, or uploaded once and sent by Files API id."""
+    request = spec.request
+    if request.image_transport != "files":
+        return transport_for(request.image_transport, storage, presign=request.presign)
+    mapping = FileMap(
+        store.directory, base_url=options.base_url, sandbox=options.sandbox, on_change=store.changed
+    )
+    return FilesTransport(files, mapping, api_key_env=spec.api.api_key_env)
+
+
 E = TypeVar("E", bound=BaseException)
 
 
@@ -295,8 +326,12 @@ class _Run:
         request: RequestSpec,
         client: MessagesClient,
         recorder: _Recorder,
+        media: Transport,
+        storage: ObjectStorage,
     ) -> None:
         self.table = table
+        self.media = media
+        self.storage = storage
         # row_id -> row hash of rows whose latest result stands (ok, or an error not to retry)
         self.settled = settled
         self.request = request
@@ -361,7 +396,10 @@ class _Run:
             self.request,
             iter_rows(self.table, limit=limit),
             online_loader(
-                self.client.http, root=self.request.image_root, timeout_s=self.client.config.timeout_s
+                self.client.http,
+                root=self.request.image_root,
+                timeout_s=self.client.config.timeout_s,
+                storage=self.storage,
             ),
             self._queue,
             wanted=wanted,
@@ -370,6 +408,7 @@ class _Run:
             download_slots=self.client.config.concurrency,
             keys=self.recorder.dedupe is not None,
             on_read=read,
+            transport=self.media,
         )
 
     async def _queue(self, prepared: Prepared) -> None:

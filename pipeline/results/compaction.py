@@ -52,10 +52,17 @@ class Fold:
        and batches holding rows of that step, then sorts those rows into place.
     """
 
-    def __init__(self, results: Path, journals: list[Path]) -> None:
-        """:param results: the ``results.parquet`` to fold into (it may not exist yet)."""
+    def __init__(
+        self, results: Path, journals: list[Path], *, metadata: dict[bytes, bytes] | None = None
+    ) -> None:
+        """:param results: the ``results.parquet`` to fold into (it may not exist yet).
+
+        :param metadata: schema metadata the new file carries besides what its sources carry
+            (an object-storage output names the segments it folded).
+        """
         self.results = results
         self.journals = journals
+        self.metadata = metadata
         self.copies: list[Path] = []
 
     def run(self) -> int | None:
@@ -79,6 +86,8 @@ class Fold:
         if not schemas:
             return None
         target = _unify(schemas)
+        if self.metadata:
+            target = target.with_metadata({**(target.metadata or {}), **self.metadata})
         sources: list[_Source] = []
         if old is not None:
             sources.append(_ParquetSource(results, old, target))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.atomic import fsync_path
 from pipeline.errors import OutputError
 from pipeline.records import Result
 from pipeline.results.schema import result_record
@@ -113,6 +114,10 @@ class Journal:
         if failure is not None:
             self._failure = None
             raise failure
+
+    def sync(self) -> None:
+        """After ``close``: make what was written durable (fsync), before an event says it is."""
+        fsync_path(self.path)
 
 
 def read_journal(path: Path) -> pa.Table | None:

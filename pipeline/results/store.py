@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +30,10 @@ import pyarrow as pa
 from pipeline.atomic import replace_file, write_text
 from pipeline.errors import OutputError
 from pipeline.job.request import RequestSpec
-from pipeline.job.spec import JobSpec
+from pipeline.job.spec import JobSpec, is_url
 from pipeline.results.compaction import Fold, relabel, remove_files
 from pipeline.results.journal import Journal, read_journal
+from pipeline.results.lock import lock_holder, locked_output
 from pipeline.results.schema import column_order
 from pipeline.rows.memory import FrameInput, InputSource
 
@@ -81,12 +83,45 @@ class RerunPolicy:
 
 
 class ResultStore:
-    """An output directory: its journals and its ``results.parquet``."""
+    """An output directory: its journals and its ``results.parquet``.
+
+    The interface every output implements (a local directory here, an object-storage prefix in
+    :class:`pipeline.results.remote.ObjectResultStore`, which is this class on a staging folder):
+    :meth:`locked` for a run, :meth:`prepare`, :meth:`compact`, :meth:`settled`, :meth:`new_journal`,
+    :meth:`ensure_results`, :meth:`start_fresh`, :meth:`snapshot`, :meth:`note_job` and :meth:`sync`
+    for the side files (``job.json``, ``files.jsonl``, ``.batches/``) kept in :attr:`directory`.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.results_path = directory / RESULTS_FILE
         self.journal_dir = directory / JOURNAL_DIR
+
+    @property
+    def location(self) -> str:
+        """The output as the user named it, for messages."""
+        return str(self.directory)
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the output for a run (``flock``: another run is refused, naming the holder)."""
+        return locked_output(self.directory)
+
+    def holder(self) -> str | None:
+        """Who holds the output now ("pid N, started T"), or None; changes nothing."""
+        return lock_holder(self.directory)
+
+    def sync(self, path: Path) -> None:
+        """A side file in :attr:`directory` changed and must be saved now; a local output already is."""
+        del path
+
+    def changed(self, path: Path) -> None:
+        """A side file in :attr:`directory` grew; saving it may wait for the next journal segment."""
+        del path
+
+    def note_job(self, spec: JobSpec, source: InputSource) -> None:
+        """Record the latest run's job (``job.json``), and :meth:`sync` it."""
+        note_job(self.directory, spec, source)
+        self.sync(self.directory / JOB_NOTE)
 
     def prepare(self) -> None:
         """Create the directory and prove it is writable, before any money is spent."""
@@ -256,7 +291,13 @@ def note_job(directory: Path, spec: JobSpec, source: InputSource) -> None:
     note = {
         "name": spec.name,
         "job": spec.source,
-        "input": source.note_path() if isinstance(source, FrameInput) else os.path.abspath(source),
+        "input": (
+            source.note_path()
+            if isinstance(source, FrameInput)
+            else source
+            if is_url(source)
+            else os.path.abspath(source)
+        ),
         "images": list(spec.request.images),
         "model": spec.request.model,
         "prices": spec.prices.model_dump() if spec.prices else None,

@@ -96,6 +96,11 @@ def summary_text(summary: Summary, *, output: str) -> str:
     return "\n".join(lines)
 
 
+def results_location(output: object) -> str:
+    """Where an output's ``results.parquet`` is, as text (a path, or a URL in object storage)."""
+    return f"{str(output).rstrip('/')}/results.parquet"
+
+
 def cost_line(cost_usd: float | None, priced_as: str) -> str:
     """``cost: $0.0123 (at ...)``, or why no cost can be given."""
     if cost_usd is None:

@@ -37,6 +37,8 @@ from pipeline.results.schema import RESULT_COLUMNS, output_column
 from pipeline.results.store import JOB_NOTE
 from pipeline.review.export import read_results
 from pipeline.review.thumbs import THUMB_EDGE, thumbnails
+from pipeline.rows.folder import fixed_prefix
+from pipeline.rows.storage import ObjectUrl, is_object_url
 
 REPORT_FILE = "report.html"
 TEXT_LIMIT = 1500  # characters of an answer or error shown on a card (the export has them whole)
@@ -54,6 +56,7 @@ class JobContext:
     base_dir: Path
     model: str | None = None
     prices: PricesSpec | None = None
+    base_url: str | None = None  # the input's folder in object storage, when it lives there
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,12 @@ def job_context(directory: Path, frame: pl.DataFrame, job: JobSpec | None) -> Jo
     """The report's view of the job: from ``job``, else ``OUTPUT/job.json``, else guessed from cells."""
     if job is not None:
         return JobContext(
-            job.name, tuple(job.request.images), _input_dir(job.input), job.request.model, job.prices
+            job.name,
+            tuple(job.request.images),
+            _input_dir(job.input),
+            job.request.model,
+            job.prices,
+            _input_url(job.input),
         )
     note_path = directory / JOB_NOTE
     if note_path.is_file():
@@ -79,15 +87,30 @@ def job_context(directory: Path, frame: pl.DataFrame, job: JobSpec | None) -> Jo
             note = json.loads(note_path.read_text(encoding="utf-8"))
             prices = PricesSpec.model_validate(note["prices"]) if note.get("prices") else None
             return JobContext(
-                str(note["name"]), tuple(note["images"]), _input_dir(note["input"]), note.get("model"), prices
+                str(note["name"]),
+                tuple(note["images"]),
+                _input_dir(note["input"]),
+                note.get("model"),
+                prices,
+                _input_url(note["input"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise OutputError(f"cannot read {note_path}: {exc}; pass --job JOB") from None
     return JobContext(directory.name, tuple(guess_image_columns(frame)), Path.cwd())
 
 
+def _input_url(pattern: str) -> str | None:
+    """The folder relative image paths start from when the input is in object storage, else None."""
+    if not is_object_url(pattern):
+        return None
+    parsed = ObjectUrl.parse(pattern)
+    return str(ObjectUrl(parsed.scheme, parsed.bucket, fixed_prefix(parsed.key)))
+
+
 def _input_dir(pattern: str) -> Path:
     """The folder relative image paths start from: the input file's (a glob's fixed part)."""
+    if is_object_url(pattern):
+        return Path.cwd()
     path = Path(pattern)
     parts = path.parts
     first_glob = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), None)
@@ -129,12 +152,12 @@ def render_gallery(
         column for name in context.images if (column := output_column(name, reserved)) in frame.columns
     ]
     cells = {
-        str(cell).strip()
+        item
         for column in image_columns
         for cell in frame[column].drop_nulls().to_list()
-        if str(cell).strip()
+        for item in cell_texts(cell)
     }
-    made = thumbnails(cells, context.base_dir, edge) if cells else {}
+    made = thumbnails(cells, context.base_dir, edge, base_url=context.base_url) if cells else {}
     # identical images (the same file under two names, a repeated URL) are stored once
     thumb_ids: dict[str, int] = {}
     thumb_data: list[str] = []
@@ -184,9 +207,7 @@ def _rows(
             row["t"] = _clip("; ".join(f"{call['name']}: {call['input']}" for call in record["tool_calls"]))
         images: list[int | str] = []
         for column in image_columns:
-            cell = record.get(column)
-            if cell is not None and str(cell).strip():
-                images.append(cell_thumb.get(str(cell).strip(), "no thumbnail"))
+            images.extend(cell_thumb.get(item, "no thumbnail") for item in cell_texts(record.get(column)))
         if images:
             row["g"] = images
         if record.get("latency_ms") is not None:
@@ -198,6 +219,20 @@ def _rows(
             row["k"] = [int(value or 0) for value in tokens]
         rows.append(row)
     return rows
+
+
+def cell_texts(cell: Any) -> list[str]:
+    """The images an output's image cell names, as text: itself, each item of a list, and a
+    ``{bytes, path}`` struct's digest when its bytes were embedded, else its path."""
+    if cell is None:
+        return []
+    if isinstance(cell, dict):
+        chosen = cell.get("bytes") or cell.get("path")
+        return cell_texts(chosen)
+    if isinstance(cell, (list, tuple)):
+        return [text for item in cell for text in cell_texts(item)]
+    text = str(cell).strip()
+    return [text] if text else []
 
 
 def _display(value: Any) -> str | None:

@@ -102,7 +102,7 @@ class PendingBatches:
 class OutputStatus:
     """The state of an output directory."""
 
-    directory: Path
+    directory: Path | str  # as the user named it (a URL for an object-storage output)
     rows: int
     ok: int
     error: int
@@ -141,19 +141,26 @@ class _JobPrices:
     cache_ttl: CacheTtl = "5m"
 
 
-def read_status(directory: Path) -> OutputStatus:
-    """Summarise ``directory``; OutputError when it holds no results and no batch was submitted."""
+def read_status(
+    directory: Path, *, label: Path | str | None = None, running: str | None = None
+) -> OutputStatus:
+    """Summarise ``directory``; OutputError when it holds no results and no batch was submitted.
+
+    :param label: how the output is named (its URL, when ``directory`` is a copy of an object-storage output).
+    :param running: who holds it, when that is known otherwise (an object-storage output's lease).
+    """
     store = ResultStore(directory)
     if not directory.is_dir():
-        raise OutputError(f"{directory} is not a directory")
+        raise OutputError(f"{label or directory} is not a directory")
     journals = store.journals()
     batch_log = BatchLog(directory)
     submissions = batch_log.submissions()
     frame = store.snapshot()
+    holder = running if label is not None else lock_holder(directory)
     if frame is None:
-        if not submissions:
-            raise OutputError(f"{directory} holds no results (no results.parquet and no journal)")
-        frame = pl.DataFrame(  # only batches so far: nothing collected yet
+        if not submissions and holder is None:
+            raise OutputError(f"{label or directory} holds no results (no results.parquet and no journal)")
+        frame = pl.DataFrame(  # only batches so far, or a run that has recorded nothing yet
             schema={"status": pl.String, "error_type": pl.String, "error_message": pl.String}
         )
     errors = (
@@ -176,7 +183,7 @@ def read_status(directory: Path) -> OutputStatus:
         priced_as=priced_as,
         prices=uses,
         pending=PendingBatches(len(still_open), pending_rows, tuple(s.label() for s in still_open)),
-        directory=directory,
+        directory=label or directory,
         rows=frame.height,
         ok=int((frame["status"] == "ok").sum()),
         error=int((frame["status"] == "error").sum()),
@@ -184,7 +191,7 @@ def read_status(directory: Path) -> OutputStatus:
         tokens=tokens,
         last_finished_at=None if last is None else str(last),
         unfolded_journals=len(journals),
-        running=lock_holder(directory),
+        running=holder,
     )
 
 

@@ -1,9 +1,10 @@
 """Small JPEG thumbnails of the images behind image cells, for the review gallery.
 
-Owns: fetching each distinct cell once (local paths, ``data:`` URIs and http(s) URLs, through
-``sources``), shrinking it to a small JPEG off the event loop (EXIF orientation applied, alpha laid
-on white), and saying why a cell has no thumbnail. A thumbnail is made when the report is written;
-viewing the report needs no network.
+Owns: fetching each distinct cell once (local paths, ``data:`` URIs, http(s) URLs and objects in
+object storage, through ``rows.media``), shrinking it to a small JPEG off the event loop (EXIF
+orientation applied, alpha laid on white), and saying why a cell has no thumbnail (an image that
+was embedded in the input is kept in the output only as its digest). A thumbnail is made when the
+report is written; viewing the report needs no network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import ImageError
-from pipeline.rows.media import download_client, load_image
+from pipeline.rows.cells import DIGEST_PREFIX
+from pipeline.rows.media import download_client, load_image, load_stored
+from pipeline.rows.storage import ObjectStorage, is_object_url, join_url
 
 THUMB_EDGE = 160
 THUMB_QUALITY = 60
@@ -56,8 +59,12 @@ def make_thumbnail(data: bytes, edge: int = THUMB_EDGE, quality: int = THUMB_QUA
         return out.getvalue()
 
 
-def thumbnails(cells: Iterable[str], base_dir: Path, edge: int = THUMB_EDGE) -> dict[str, Thumbnail]:
+def thumbnails(
+    cells: Iterable[str], base_dir: Path, edge: int = THUMB_EDGE, *, base_url: str | None = None
+) -> dict[str, Thumbnail]:
     """A thumbnail (or a problem) for each distinct cell, made concurrently.
+
+    :param base_url: where relative paths resolve when the input lives in object storage.
 
     Callable from inside a running event loop too (a notebook): the work then gets a thread of its own.
     """
@@ -65,20 +72,38 @@ def thumbnails(cells: Iterable[str], base_dir: Path, edge: int = THUMB_EDGE) -> 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_thumbnails(work, base_dir, edge))
+        return asyncio.run(_thumbnails(work, base_dir, edge, base_url))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _thumbnails(work, base_dir, edge)).result()
+        return pool.submit(asyncio.run, _thumbnails(work, base_dir, edge, base_url)).result()
 
 
-async def _thumbnails(cells: list[str], base_dir: Path, edge: int) -> dict[str, Thumbnail]:
+async def _thumbnails(
+    cells: list[str], base_dir: Path, edge: int, base_url: str | None
+) -> dict[str, Thumbnail]:
     # Pillow releases the GIL while decoding, so threads use every core
     slots = asyncio.Semaphore(max(2, (os.cpu_count() or 2) * 2))
+    storage = ObjectStorage()
     async with download_client() as http:
+
+        async def fetch(cell: str) -> bytes:
+            if cell.startswith(DIGEST_PREFIX):
+                raise ImageError("embedded in the input; the output keeps only its sha256")
+            stored = cell if is_object_url(cell) else None
+            if (
+                stored is None
+                and base_url is not None
+                and "://" not in cell
+                and not cell.startswith(("/", "data:"))
+            ):
+                stored = join_url(base_url, cell)
+            if stored is not None:
+                return await load_stored(stored, storage)
+            return await load_image(cell, base_dir=base_dir, http=http, timeout_s=FETCH_TIMEOUT_S)
 
         async def one(cell: str) -> tuple[str, Thumbnail]:
             async with slots:
                 try:
-                    data = await load_image(cell, base_dir=base_dir, http=http, timeout_s=FETCH_TIMEOUT_S)
+                    data = await fetch(cell)
                     jpeg = await asyncio.to_thread(make_thumbnail, data, edge)
                 except ImageError as exc:
                     return cell, Thumbnail(None, str(exc))
@@ -86,5 +111,8 @@ async def _thumbnails(cells: list[str], base_dir: Path, edge: int) -> dict[str, 
                     return cell, Thumbnail(None, f"cannot make a thumbnail: {exc}")
                 return cell, Thumbnail(jpeg)
 
-        results = await asyncio.gather(*(one(cell) for cell in cells))
+        try:
+            results = await asyncio.gather(*(one(cell) for cell in cells))
+        finally:
+            storage.close()
     return dict(results)

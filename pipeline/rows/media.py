@@ -1,7 +1,10 @@
-"""Image cells to bytes: local paths, ``data:`` URIs and http(s) URLs.
+"""Text media cells to bytes: local paths, ``data:`` URIs, http(s) URLs and object-storage URLs.
 
-Owns: telling the kinds of cell apart, reading files (in a thread, never on the event loop), decoding
-data URIs, and downloading URLs under a byte cap and a total deadline. Every failure becomes a
+Owns: telling the kinds of text cell apart, reading files (in a thread, never on the event loop),
+decoding data URIs, downloading URLs under a byte cap and a total deadline, and fetching
+``s3://``/``gs://``/``az://`` objects (and paths relative to a table that lives in object storage)
+through :mod:`pipeline.rows.storage`, concurrently and bounded, retried on 5xx and timeouts by
+obstore, a missing object being that row's error. Every failure becomes a
 one-line ImageError that names the cell safely: a URL loses its query string and credentials (they
 may hold tokens), a data URI is shown by its length only. What the bytes are is ``images``' business.
 
@@ -21,12 +24,16 @@ import re
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import httpx
 
-from pipeline.errors import ImageError
+from pipeline.errors import ConfigError, ImageError
+from pipeline.rows.storage import ObjectStorage, ObjectStoreError, is_object_url, join_url
+
+if TYPE_CHECKING:
+    from pipeline.rows.reader import SourcedRow
 
 DEFAULT_MAX_BYTES: Final = 50_000_000
 _LABEL_CHARS: Final = 160
@@ -116,7 +123,12 @@ async def load_local_image(
         return await asyncio.to_thread(decode_data_uri, text, label=label, max_bytes=max_bytes)
     scheme = _OTHER_SCHEME.match(text)
     if scheme is not None:
-        what = "is a URL, not a local file" if is_remote(text) else f"unsupported URL scheme {scheme[1]!r}"
+        if is_remote(text) or is_object_url(text):
+            what = "is a URL, not a local file"
+        else:
+            what = (
+                f"unsupported URL scheme {scheme[1]!r} (use a path, http(s)://, data:, s3://, gs:// or az://)"
+            )
         raise ImageError(f"{label}: {what}")
     if not text:
         raise ImageError("empty image cell")
@@ -128,8 +140,8 @@ async def load_local_image(
     return await asyncio.to_thread(_read_file, path, label=label, max_bytes=max_bytes, root=confine)
 
 
-# what the prepare walk calls for each image cell: its bytes, or None to leave the image out
-Loader = Callable[[str, Path], Awaitable[bytes | None]]
+# what the prepare walk calls for each text media cell: its bytes, or None to leave it out
+Loader = Callable[[str, "SourcedRow"], Awaitable[bytes | None]]
 USER_AGENT = "pipeline/0.1 (+httpx)"
 
 
@@ -138,26 +150,65 @@ def download_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(follow_redirects=True, headers={"user-agent": USER_AGENT})
 
 
-def online_loader(http: httpx.AsyncClient, *, root: str | None, timeout_s: float) -> Loader:
-    """An image loader for commands that send: paths and ``data:`` URIs read, URLs downloaded."""
+def stored_url(cell: str, sourced: SourcedRow) -> str | None:
+    """The object-storage URL a cell names: itself, or a relative path under its table's folder there."""
+    text = cell.strip()
+    if is_object_url(text):
+        return text
+    if sourced.base_url is None or _OTHER_SCHEME.match(text) or is_data_uri(text) or text.startswith("/"):
+        return None
+    return join_url(sourced.base_url, text) if text else None
 
-    async def load(cell: str, base_dir: Path) -> bytes | None:
-        return await load_image(cell, base_dir=base_dir, http=http, root=root, timeout_s=timeout_s)
+
+async def load_stored(url: str, storage: ObjectStorage, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """An object's bytes, fetched in the storage's threads; a failure is that row's ImageError."""
+    label = describe_cell(url)
+    try:
+        data = await storage.call(storage.get, url, max_bytes=max_bytes)
+    except ObjectStoreError as exc:
+        reason = str(exc).removeprefix(f"{url.strip()}: ")
+        raise ImageError(f"{label}: {reason}") from None
+    except ConfigError as exc:  # the storage extra is not installed
+        raise ImageError(f"{label}: {exc}") from None
+    if not data:
+        raise ImageError(f"{label}: empty object")
+    return data
+
+
+def online_loader(
+    http: httpx.AsyncClient, *, root: str | None, timeout_s: float, storage: ObjectStorage | None = None
+) -> Loader:
+    """A loader for commands that fetch: paths and ``data:`` URIs read, URLs downloaded, objects fetched."""
+    stores = storage
+
+    async def load(cell: str, sourced: SourcedRow) -> bytes | None:
+        nonlocal stores
+        url = stored_url(cell, sourced)
+        if url is not None:
+            stores = stores or ObjectStorage()
+            return await load_stored(url, stores)
+        return await load_image(cell, base_dir=sourced.base_dir, http=http, root=root, timeout_s=timeout_s)
 
     return load
 
 
-def offline_loader(root: str | None, on_remote: Callable[[], None]) -> Loader:
-    """An image loader for commands that use no network (``validate``, ``estimate``).
+def offline_loader(
+    root: str | None, on_remote: Callable[[], None], on_stored: Callable[[], None] | None = None
+) -> Loader:
+    """A loader for commands that use no network (``validate``, ``estimate``).
 
-    Paths and ``data:`` URIs load as in a run; a URL is reported to ``on_remote`` and left out (None).
+    Paths and ``data:`` URIs load as in a run; a URL is reported to ``on_remote``, an object-storage
+    cell to ``on_stored`` (``on_remote`` when not given), and either is left out (None).
     """
 
-    async def load(cell: str, base_dir: Path) -> bytes | None:
+    async def load(cell: str, sourced: SourcedRow) -> bytes | None:
         if is_remote(cell):
             on_remote()
             return None
-        return await load_local_image(cell, base_dir=base_dir, root=root)
+        if stored_url(cell, sourced) is not None:
+            (on_stored or on_remote)()
+            return None
+        return await load_local_image(cell, base_dir=sourced.base_dir, root=root)
 
     return load
 

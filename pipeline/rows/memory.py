@@ -3,9 +3,9 @@
 Owns: turning each kind of table into a polars LazyFrame without reading more than it must (a
 LazyFrame stays lazy and is streamed; a Hugging Face ``Dataset`` is read a batch at a time through a
 polars IO source; a pyarrow Table is wrapped, not copied), the same checks a file input gets
-(``reader.check_columns``, ``reader.check_ids``), where relative image paths resolve (``base_dir``),
-and reading an input's row ids back in order (to match results to rows). From there on the rows are
-a file's rows: ``reader.iter_rows`` gives them the same ids, content hashes and ``row_index``.
+(``reader.checked_table``: columns, types, media cells, ids), where relative image paths resolve
+(``base_dir``), and reading an input's row ids back in order (to match results to rows). From there
+on the rows are a file's rows: ``reader.iter_rows`` gives them the same ids, content hashes and ``row_index``.
 
 Cells pass through as polars reads their Arrow values: a ``Dataset``'s ``Image`` column stays its
 struct of ``bytes`` and ``path``, for the image-cell rules of ``rows`` to take or refuse.
@@ -22,11 +22,11 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.rows.reader import SOURCE_COLUMN, InputTable, check_columns, check_ids, iter_rows
+from pipeline.rows.reader import SOURCE_COLUMN, InputTable, checked_table, iter_rows, media_of
+from pipeline.rows.tables import first_line
 
 # rows per batch read from a Hugging Face Dataset: image rows can be large, keep a batch small
 DATASET_BATCH_ROWS = 256
-MESSAGE_CHARS = 200
 
 SUPPORTED = (
     "a polars DataFrame or LazyFrame, a pandas DataFrame, a pyarrow Table, a Hugging Face Dataset, "
@@ -91,7 +91,7 @@ def _converted(label: str, convert: Any) -> pl.LazyFrame:
     try:
         frame = convert()
     except (pl.exceptions.PolarsError, pa.ArrowException, TypeError, ValueError) as exc:
-        raise InputError(f"{label}: cannot be read as a table: {_first_line(exc)}") from None
+        raise InputError(f"{label}: cannot be read as a table: {first_line(exc)}") from None
     assert isinstance(frame, pl.DataFrame)
     return frame.lazy()
 
@@ -126,7 +126,7 @@ def _dataset(data: Any, name: str) -> tuple[str, pl.LazyFrame]:
         assert isinstance(empty, pl.DataFrame)
         schema = empty.schema
     except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
-        raise InputError(f"{label}: its features cannot be read as columns: {_first_line(exc)}") from None
+        raise InputError(f"{label}: its features cannot be read as columns: {first_line(exc)}") from None
     return label, _dataset_source(data, schema)
 
 
@@ -168,17 +168,12 @@ def open_frame(source: FrameInput, *, id_column: str | None, needed: dict[str, s
         column of an unusable type, or an id column with empty or duplicate values.
     """
     try:
-        schema = source.frame.collect_schema()
+        source.frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"cannot read {source.label}: {_first_line(exc)}") from None
-    columns = check_columns(source.label, schema, id_column=id_column, needed=needed)
-    arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
+        raise InputError(f"cannot read {source.label}: {first_line(exc)}") from None
     # iter_rows takes each row's folder from this column, as it does a file's; here: base_dir
     frame = source.frame.with_columns(pl.lit(source.note_path()).alias(SOURCE_COLUMN))
-    table = InputTable((), frame, columns, arrow_schema, id_column, tuple(needed), label=source.label)
-    if id_column is not None:
-        check_ids(table)
-    return table
+    return checked_table((), frame, id_column, needed, media_of(needed), kind="frame", label=source.label)
 
 
 def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
@@ -187,12 +182,7 @@ def row_ids(table: InputTable, *, limit: int | None = None) -> list[str]:
     With an id column only that column is read; without one every cell is (the id hashes them all).
     """
     if table.id_column is not None:
+        assert table.frame is not None
         only = table.frame.select(table.id_column, SOURCE_COLUMN)  # projected into the source's scan
-        table = replace(table, frame=only, columns=(table.id_column,), hash_columns=())
+        table = replace(table, frame=only, columns=(table.id_column,), hash_columns=(), media_columns=())
     return [sourced.row.row_id for sourced in iter_rows(table, limit=limit)]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"

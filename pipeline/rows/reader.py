@@ -1,69 +1,121 @@
-"""Reads the input table lazily: CSV, Parquet or JSONL files, one path or a glob of them.
+"""Reads the input lazily, whatever it is and wherever it lives, and hands out its rows.
 
-Owns: finding the files, checking the columns the job needs (present, and of a usable type), stable
-row ids, and handing out rows in bounded batches (memory does not grow with the table). Also owns
-refusing malformed files with one line that names the file and line: polars reads some of them
-silently wrong (short rows padded with nulls, a blank line as a row of empty cells) and reports the
-rest without a line number. Knows nothing about the API.
+Owns: finding what the job's ``input`` names (a path, a glob, brace ranges, an ``s3://``, ``gs://``
+or ``az://`` URL or glob), telling its kind from the files matched (tables: :mod:`~pipeline.rows.tables`;
+image files: :mod:`~pipeline.rows.folder`; WebDataset shards: :mod:`~pipeline.rows.webdataset`),
+checking the columns the job needs (present, and of a usable type), stable row ids, and handing out
+rows in bounded batches (memory does not grow with the input). A table held in Python is opened by
+:mod:`~pipeline.rows.memory` through the same checks (:func:`checked_table`). Knows nothing about the API.
+
+Rows keep what they always had: ``index`` (position in the input), ``row_id`` (the id column as
+text, else a hash of the row's values, ``-2``... suffixes for repeats) and ``content_hash`` (a hash
+of the cells that feed the request). Media cells that hold bytes are recorded as digests
+(:mod:`~pipeline.rows.cells`); the raw cells travel beside the row, in :attr:`SourcedRow.media`.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
 import difflib
 import glob
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import InputError
 from pipeline.records import Row
+from pipeline.rows import folder, webdataset
+from pipeline.rows.cells import holds_bytes, media_type_problem, recorded_dtype, recorded_value
+from pipeline.rows.storage import ObjectStorage, ObjectStoreError, ObjectUrl, is_object_url
+from pipeline.rows.tables import (
+    SOURCE_COLUMN,
+    TABLE_SUFFIXES,
+    check_file,
+    describe,
+    explain,
+    scan_table,
+    suffix_of,
+)
 
-SOURCE_COLUMN = "__pipeline_source_file"
-CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-PARQUET_SUFFIXES = {".parquet", ".pq"}
-JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-# Polars types an image column may hold: paths, URLs and data: URIs are text (Null: every cell empty).
-TEXT_TYPES = frozenset({pl.String, pl.Categorical, pl.Enum, pl.Null})
-# Longest piece of a library's message quoted back: polars may quote a whole (10 MB) cell.
-MESSAGE_CHARS = 200
-_CHUNK_BYTES = 1 << 20
+# rows per batch read from a table; a table whose media cells hold bytes reads fewer at a time
+BATCH_ROWS = 2000
+BYTES_BATCH_ROWS = 32
+
+__all__ = [
+    "SOURCE_COLUMN",
+    "InputTable",
+    "SourcedRow",
+    "check_file",
+    "check_ids",
+    "checked_table",
+    "find_files",
+    "iter_rows",
+    "media_of",
+    "open_input",
+    "row_id",
+    "value_hash",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class InputTable:
-    """An opened (not yet read) input: its files, columns and Arrow schema."""
+    """An opened (not yet read) input: what it matched, its columns and the Arrow schema the output keeps.
 
-    files: tuple[Path, ...]
-    frame: pl.LazyFrame
+    :param frame: the rows as a lazy polars frame (every kind but WebDataset shards).
+    :param stream: for streamed kinds, a function giving frames of at most N rows (``frame`` is None).
+    :param base: where every row's relative paths resolve (image folders), else each file's folder.
+    :param media_columns: image and document columns whose cells may hold bytes (recorded as digests).
+    :param unique_ids: ids are made unique with ``-2``... suffixes (hash ids, WebDataset keys).
+    """
+
+    files: tuple[Path | str, ...]
+    frame: pl.LazyFrame | None
     columns: tuple[str, ...]
     arrow_schema: pa.Schema
     id_column: str | None
     hash_columns: tuple[str, ...] = ()
+    kind: str = "table"
+    stream: Callable[[int], Iterator[pl.DataFrame]] | None = None
+    base: tuple[Path, str | None] | None = None
+    media_columns: tuple[str, ...] = ()
+    unique_ids: bool = False
     label: str | None = None  # an input that is no file (rows.memory): its name in messages
 
     def describe(self) -> str:
         """The input as users named it, for messages."""
-        return self.label if self.label is not None else _describe(self.files)
+        return self.label if self.label is not None else describe(self.files)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows to read at once: fewer when image or document bytes are in the rows."""
+        return BYTES_BATCH_ROWS if self.media_columns else BATCH_ROWS
 
 
 @dataclass(frozen=True, slots=True)
 class SourcedRow:
-    """A row plus the folder its file lives in (relative image paths resolve against it)."""
+    """A row plus where its relative paths resolve, and the raw cells of media columns holding bytes.
+
+    :param base_dir: the folder of the row's file (local inputs).
+    :param base_url: the folder of the row's file in object storage (``s3://bucket/dir/``), when it is there.
+    :param media: media column -> its cell as read (bytes, structs, lists); ``row.values`` holds digests.
+    :param media_bytes: how many bytes ``media`` holds (bounds what is read ahead).
+    """
 
     row: Row
     base_dir: Path
+    base_url: str | None = None
+    media: Mapping[str, Any] = field(default_factory=dict)
+    media_bytes: int = 0
 
 
 def find_files(pattern: str) -> tuple[Path, ...]:
-    """The files a path or glob names, sorted; InputError when there are none."""
+    """The local files a path or glob names, sorted; InputError when there are none."""
     if glob.has_magic(pattern):
         files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         if not files:
@@ -77,51 +129,223 @@ def find_files(pattern: str) -> tuple[Path, ...]:
     return (path,)
 
 
-def _scan(path: Path) -> pl.LazyFrame:
-    suffix = path.suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        # Everything as text: inference from the first rows breaks on row 40,000, and ids like 00123 survive.
-        return pl.scan_csv(
-            path, separator=CSV_SUFFIXES[suffix], infer_schema=False, include_file_paths=SOURCE_COLUMN
-        )
-    if suffix in PARQUET_SUFFIXES:
-        return pl.scan_parquet(path, include_file_paths=SOURCE_COLUMN)
-    if suffix in JSONL_SUFFIXES:
-        return pl.scan_ndjson(path, include_file_paths=SOURCE_COLUMN)
-    raise InputError(f"{path}: unsupported input format {suffix!r} (use .csv, .tsv, .parquet or .jsonl)")
-
-
-def open_input(pattern: str, *, id_column: str | None, needed: dict[str, str]) -> InputTable:
+def open_input(
+    pattern: str,
+    *,
+    id_column: str | None,
+    needed: dict[str, str],
+    media: Sequence[str] | None = None,
+    storage: ObjectStorage | None = None,
+) -> InputTable:
     """Open the input and check it has every needed column (column -> what needs it).
 
+    :param media: the image and document columns (their cells may hold bytes, structs and lists);
+        by default the columns ``needed`` says ``request.images`` or ``request.documents`` use.
+    :param storage: object storage, for ``s3://``, ``gs://`` and ``az://`` inputs (made when needed).
     :raises InputError: one line naming the file (and line, when one is to blame) for an empty or
         malformed file, a missing column (suggesting a near name), or a column of an unusable type.
     """
-    files = find_files(pattern)
-    for path in files:
-        check_file(path)
-    scans = [_scan(path) for path in files]
+    if media is None:
+        media = media_of(needed)
+    patterns = webdataset.expand_braces(pattern)
+    remote = any(is_object_url(item) for item in patterns)
+    if remote:
+        storage = storage or ObjectStorage()
+        objects = [info for item in patterns for info in _list_remote(item, storage)]
+        files: tuple[Path | str, ...] = tuple(info.url for info in objects)
+    else:
+        files = tuple(path for item in patterns for path in find_files(item))
+    kind = _kind(files)
+    if kind == "images":
+        found = (
+            folder.remote_folder(patterns[0], objects) if remote else folder.local_folder(patterns[0], files)  # type: ignore[arg-type]
+        )
+        # the id defaults to image_path: one row per file, named by the file
+        chosen = id_column or folder.PATH_COLUMN
+        return checked_table(
+            files,
+            found.frame,
+            chosen,
+            needed,
+            media,
+            kind=kind,
+            base=(found.base_dir, found.base_url),
+        )
+    if kind == "webdataset":
+        return _open_shards(files, id_column, needed, media, storage)
+    scans = []
+    for item in files:
+        if isinstance(item, Path):
+            check_file(item)
+            scans.append(scan_table(item))
+        else:
+            assert storage is not None
+            scans.append(scan_table(item, storage.settings.polars_options(item)))
     frame = scans[0] if len(scans) == 1 else pl.concat(scans, how="diagonal_relaxed")
-    where = _describe(files)
+    return checked_table(files, frame, id_column, needed, media)
+
+
+def media_of(needed: Mapping[str, str]) -> list[str]:
+    """The columns ``needed`` says ``request.images`` or ``request.documents`` use."""
+    return [name for name, user in needed.items() if "request.images" in user or "request.documents" in user]
+
+
+def _list_remote(pattern: str, storage: ObjectStorage) -> list[Any]:
+    """The objects an object-storage URL or glob names, sorted; InputError when there are none."""
+    try:
+        parsed = ObjectUrl.parse(pattern)
+        if not any(glob.has_magic(part) for part in parsed.key.split("/")):
+            if parsed.key.endswith("/") or not parsed.key:
+                raise InputError(
+                    f"input is a folder, not an object: {pattern} (use a glob such as"
+                    f" {pattern.rstrip('/')}/*.parquet)"
+                )
+            try:
+                return [storage.head(pattern)]
+            except ObjectStoreError as exc:
+                raise InputError(
+                    f"input not found: {pattern}" if "not found" in str(exc) else str(exc)
+                ) from None
+        prefix = folder.fixed_prefix(parsed.key)
+        matcher = _glob_regex(parsed.key)
+        listed = storage.list(str(ObjectUrl(parsed.scheme, parsed.bucket, prefix)))
+    except ObjectStoreError as exc:
+        raise InputError(f"cannot list {pattern}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"input {pattern!r}: {exc}") from None
+    found = [info for info in listed if matcher.fullmatch(ObjectUrl.parse(info.url).key)]
+    if not found:
+        raise InputError(f"no input files match {pattern}")
+    return found
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as a regular expression on keys: ``*`` and ``?`` stay within a folder, ``**`` crosses them."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(char))
+            else:
+                body = pattern[i + 1 : end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _kind(files: Sequence[Path | str]) -> str:
+    """``tables``, ``images`` or ``webdataset`` from what was matched; InputError for a mix or the unknown."""
+    kinds: set[str] = set()
+    for item in files:
+        name = str(item)
+        suffix = suffix_of(name)
+        if suffix in TABLE_SUFFIXES:
+            kinds.add("tables")
+        elif suffix in folder.IMAGE_SUFFIXES:
+            kinds.add("images")
+        elif webdataset.is_shard(name):
+            kinds.add("webdataset")
+        else:
+            scan_table(name)  # raises the "unsupported input format" error
+    if len(kinds) > 1:
+        raise InputError(
+            f"{describe(files)}: the input mixes {' and '.join(sorted(kinds))}; name one kind"
+            " (a narrower glob)"
+        )
+    return kinds.pop()
+
+
+def _open_shards(
+    files: tuple[Path | str, ...],
+    id_column: str | None,
+    needed: dict[str, str],
+    media: Sequence[str],
+    storage: ObjectStorage | None,
+) -> InputTable:
+    shards = [str(item) for item in files]
+
+    def opener(shard: str) -> IO[bytes]:
+        if is_object_url(shard):
+            assert storage is not None
+            return webdataset.chunk_file(storage.stream(shard))
+        try:
+            return Path(shard).open("rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {shard}: {exc.strerror or exc}") from None
+
+    try:
+        schema = webdataset.discover(shards, opener)
+    except ObjectStoreError as exc:
+        raise InputError(f"cannot read {shards[0]}: {exc}") from None
+
+    def stream(rows: int) -> Iterator[pl.DataFrame]:
+        return webdataset.shard_batches(shards, opener, schema, rows)
+
+    empty = pl.DataFrame(schema={**schema, SOURCE_COLUMN: pl.String()}).lazy()
+    table = checked_table(
+        files,
+        empty,
+        id_column or webdataset.KEY_COLUMN,
+        needed,
+        media,
+        kind="webdataset",
+        check_unique=False,
+    )
+    # a streamed input is read once: repeated ids get -2, -3... suffixes rather than a second pass
+    return InputTable(
+        table.files,
+        None,
+        table.columns,
+        table.arrow_schema,
+        table.id_column,
+        table.hash_columns,
+        kind="webdataset",
+        stream=stream,
+        media_columns=table.media_columns,
+        unique_ids=True,
+    )
+
+
+def checked_table(
+    files: tuple[Path | str, ...],
+    frame: pl.LazyFrame,
+    id_column: str | None,
+    needed: dict[str, str],
+    media: Sequence[str],
+    *,
+    kind: str = "table",
+    base: tuple[Path, str | None] | None = None,
+    check_unique: bool = True,
+    label: str | None = None,
+) -> InputTable:
+    """The opened input, once it has every needed column (and ``id_column``) of a usable type.
+
+    :param media: the image and document columns (their cells may hold bytes, structs and lists).
+    :param label: the input's name in messages when it is no file (a table held in Python).
+    :raises InputError: naming the input, the column and what uses it; or the id column's problem.
+    """
+    where = label if label is not None else describe(files)
     try:
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(_explain(exc, files)) from None
-    columns = check_columns(where, schema, id_column=id_column, needed=needed)
-    arrow_schema = pl.DataFrame(schema={name: schema[name] for name in columns}).to_arrow().schema
-    table = InputTable(files, frame, columns, arrow_schema, id_column, tuple(needed))
-    if id_column is not None:
-        check_ids(table)
-    return table
-
-
-def check_columns(
-    where: str, schema: pl.Schema, *, id_column: str | None, needed: dict[str, str]
-) -> tuple[str, ...]:
-    """The input's own columns, once it has every needed one (and ``id_column``) of a usable type.
-
-    :raises InputError: naming ``where``, the column and what uses it.
-    """
+        raise InputError(explain(exc, files, where=label)) from None
     columns = tuple(name for name in schema.names() if name != SOURCE_COLUMN)
     wanted = dict(needed)
     if id_column is not None:
@@ -129,9 +353,30 @@ def check_columns(
     for column, user in wanted.items():
         if column not in columns:
             raise InputError(f"{where}: no column {column!r} (used by {user}){_suggest(column, columns)}")
+    media_set = set(media)
     for column, user in wanted.items():
-        _check_type(where, column, user, schema[column])
-    return columns
+        _check_type(where, column, user, schema[column], media=column in media_set)
+    byte_media = tuple(name for name in media if name in columns and holds_bytes(schema[name]))
+    recorded = {
+        name: recorded_dtype(schema[name]) if name in byte_media else schema[name] for name in columns
+    }
+    arrow_schema = pl.DataFrame(schema=recorded).to_arrow().schema
+    table = InputTable(
+        files,
+        frame,
+        columns,
+        arrow_schema,
+        id_column,
+        tuple(needed),
+        kind=kind,
+        base=base,
+        media_columns=byte_media,
+        unique_ids=id_column is None,
+        label=label,
+    )
+    if id_column is not None and check_unique:
+        check_ids(table)
+    return table
 
 
 def _suggest(column: str, columns: Sequence[str]) -> str:
@@ -150,14 +395,13 @@ def _suggest(column: str, columns: Sequence[str]) -> str:
     return f"; columns are: {shown}"
 
 
-def _check_type(where: str, column: str, user: str, dtype: pl.DataType) -> None:
+def _check_type(where: str, column: str, user: str, dtype: pl.DataType, *, media: bool) -> None:
     """Refuse columns whose type cannot do their job, before any row is sent."""
-    if "request.images" in user and dtype.base_type() not in TEXT_TYPES:
-        # str() of a number or a list would be read as a path: every row a confusing image_error
-        raise InputError(
-            f"{where}: column {column!r} (used by {user}) holds {dtype}, "
-            "expected text (paths, URLs or data: URIs)"
-        )
+    if media:
+        # str() of a number would be read as a path: every row a confusing image_error
+        problem = media_type_problem(dtype)
+        if problem is not None:
+            raise InputError(f"{where}: column {column!r} (used by {user}) {problem}")
     if user != "id_column":
         return
     if dtype.is_float():
@@ -173,6 +417,7 @@ def check_ids(table: InputTable) -> None:
     """Refuse null or duplicate values in ``id_column``: silently overwriting rows loses answers."""
     column = table.id_column
     assert column is not None
+    assert table.frame is not None
     ids = pl.col(column).cast(pl.String)
     try:
         counts = (
@@ -185,7 +430,7 @@ def check_ids(table: InputTable) -> None:
             .collect()
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(_explain(exc, table.files, where=table.label)) from None
+        raise InputError(explain(exc, table.files, where=table.label)) from None
     if counts.height == 0:
         return
     if counts["id"].null_count():
@@ -208,28 +453,82 @@ def row_id(values: Mapping[str, Any], columns: Sequence[str], id_column: str | N
     return value_hash(values, columns)
 
 
-def iter_rows(table: InputTable, *, batch_size: int = 2000, limit: int | None = None) -> Iterator[SourcedRow]:
+def iter_rows(
+    table: InputTable, *, batch_size: int | None = None, limit: int | None = None
+) -> Iterator[SourcedRow]:
     """Yield rows in input order, batch by batch.
 
-    Without an id column, identical rows get ``-2``, ``-3``... suffixes so every row keeps its own id.
+    Without an id column, identical rows get ``-2``, ``-3``... suffixes so every row keeps its own id
+    (so do repeated WebDataset keys: a streamed input is not read twice to refuse them).
     """
-    frame = table.frame if limit is None else table.frame.head(limit)
+    rows = batch_size or table.batch_rows
     seen: set[str] = set()
     index = 0
+    bases: dict[str, tuple[Path, str | None]] = {}
     try:
-        for batch in frame.collect_batches(chunk_size=batch_size):
-            sources = batch[SOURCE_COLUMN].to_list()
+        for batch in _batches(table, rows, limit):
+            sources = batch[SOURCE_COLUMN].to_list() if SOURCE_COLUMN in batch.columns else None
             values = batch.select(table.columns).rows(named=True)
-            for source, cells in zip(sources, values, strict=True):
+            for position, cells in enumerate(values):
+                if limit is not None and index >= limit:
+                    return
+                raw: Mapping[str, Any] = {}
+                size = 0
+                if table.media_columns:
+                    raw = {name: cells[name] for name in table.media_columns}
+                    size = sum(_size(value) for value in raw.values())
+                    for name in table.media_columns:
+                        cells[name] = recorded_value(cells[name])
                 key = row_id(cells, table.columns, table.id_column)
-                if table.id_column is None:
+                if table.unique_ids:
                     key = _dedupe(key, seen)
                 content = value_hash(cells, table.hash_columns)
-                yield SourcedRow(Row(index, key, cells, content), Path(source).parent)
+                base_dir, base_url = table.base or _base_of(sources[position] if sources else None, bases)
+                yield SourcedRow(Row(index, key, cells, content), base_dir, base_url, raw, size)
                 index += 1
     except (pl.exceptions.PolarsError, OSError) as exc:
         # polars reads whole batches, so all we know is that the rows before this one were fine
-        raise InputError(_explain(exc, table.files, after_row=index, where=table.label)) from None
+        raise InputError(explain(exc, table.files, after_row=index, where=table.label)) from None
+    except ObjectStoreError as exc:
+        raise InputError(f"cannot read {table.describe()} after row {index}: {exc}") from None
+
+
+def _batches(table: InputTable, rows: int, limit: int | None) -> Iterator[pl.DataFrame]:
+    if table.stream is not None:
+        yield from table.stream(rows)  # closing this generator closes the shard being read
+        return
+    assert table.frame is not None
+    frame = table.frame if limit is None else table.frame.head(limit)
+    yield from frame.collect_batches(chunk_size=rows)
+
+
+def _base_of(source: str | None, cache: dict[str, tuple[Path, str | None]]) -> tuple[Path, str | None]:
+    """The folder a row's relative paths resolve against: its file's, locally or in object storage."""
+    if source is None:
+        return Path.cwd(), None
+    found = cache.get(source)
+    if found is None:
+        if is_object_url(source):
+            parsed = ObjectUrl.parse(source)
+            folder_key = parsed.key.rpartition("/")[0]
+            found = (
+                Path.cwd(),
+                str(ObjectUrl(parsed.scheme, parsed.bucket, folder_key + "/" if folder_key else "")),
+            )
+        else:
+            found = (Path(source).parent, None)
+        cache[source] = found
+    return found
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_size(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_size(item) for item in value)
+    return 0
 
 
 def _dedupe(row_id: str, seen: set[str]) -> str:
@@ -239,173 +538,3 @@ def _dedupe(row_id: str, seen: set[str]) -> str:
         candidate = f"{row_id}-{n}"
     seen.add(candidate)
     return candidate
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
-
-
-def _describe(files: Sequence[Path]) -> str:
-    return str(files[0]) if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
-
-
-def check_file(path: Path) -> None:
-    """Refuse an empty file, and a CSV/TSV that polars would misread or reject, naming the line.
-
-    Reads a CSV once more than polars does (about 0.5 s per 100 MB); that is the price of naming the
-    line, and of refusing what polars would otherwise read silently wrong.
-    """
-    try:
-        empty = path.stat().st_size == 0
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if empty:
-        raise InputError(f"{path}: input file is empty")
-    separator = CSV_SUFFIXES.get(path.suffix.lower())
-    if separator is not None:
-        problem = _csv_problem(path, separator)
-        if problem is not None:
-            raise InputError(problem)
-
-
-def _explain(
-    exc: BaseException, files: Sequence[Path], *, after_row: int | None = None, where: str | None = None
-) -> str:
-    """One line for a polars read error: the file and line when a check can find it, else polars' words."""
-    for path in files:
-        problem = _file_problem(path)
-        if problem is not None:
-            return problem
-    where = where if where is not None else _describe(files)
-    if after_row:
-        where += f" after row {after_row}"
-    reason = _first_line(exc)
-    if reason.startswith("cannot parse") and any(path.suffix.lower() in JSONL_SUFFIXES for path in files):
-        # polars fixes a JSONL column's type from the first lines; a later line that disagrees ends up here
-        reason += " (a value whose type differs from the same key's in earlier lines)"
-    return f"cannot read {where}: {reason}"
-
-
-def _file_problem(path: Path) -> str | None:
-    """What is wrong with one file, for a message; None when the checks here find nothing."""
-    suffix = path.suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        return _csv_problem(path, CSV_SUFFIXES[suffix])
-    if suffix in JSONL_SUFFIXES:
-        return _jsonl_problem(path)
-    return None
-
-
-def _csv_problem(path: Path, separator: str) -> str | None:
-    """The first line polars would misread or reject (bad UTF-8, ragged, blank, bad quoting), or None."""
-    # A 10 MB cell is legitimate input; the csv module's default cap is 128 KiB (and process-wide).
-    previous = csv.field_size_limit(2**31 - 1)
-    try:
-        # utf-8-sig: a BOM is not part of the first column's name (polars drops it as well)
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            return _csv_records_problem(path, handle, separator)
-    except UnicodeDecodeError:
-        return _utf8_problem(path)
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    finally:
-        csv.field_size_limit(previous)
-
-
-def _csv_records_problem(path: Path, handle: Iterable[str], separator: str) -> str | None:
-    """Walk the file's records; line numbers are the file's own (a quoted newline counts)."""
-    # The csv module reads no further than the record it returns, so `raw` collects exactly its lines.
-    raw: list[str] = []
-
-    def lines() -> Iterator[str]:
-        for line in handle:
-            raw.append(line)
-            yield line
-
-    reader = csv.reader(lines(), delimiter=separator, strict=True)
-    width: int | None = None
-    while True:
-        start = reader.line_num + 1
-        raw.clear()
-        try:
-            record = next(reader)
-        except StopIteration:
-            return None if width is not None else f"{path}: input file is empty (no header row)"
-        except csv.Error as exc:
-            if "unexpected end of data" in str(exc):
-                return f"{path} line {start}: a quoted cell starts here and is never closed"
-            hint = 'a quote inside a quoted cell must be doubled ("")'
-            return f"{path} line {start}: malformed CSV ({exc}); {hint}"
-        if sum(line.count('"') for line in raw) % 2:
-            # the csv module keeps a lone quote in an unquoted cell; polars opens a quoted cell there
-            # and runs on into the next lines, then refuses the file without saying where
-            return (
-                f'{path} line {start}: a lone quote (") in a cell that is not quoted; quote the cell '
-                'and double the quote: "5\'11"""'
-            )
-        if width is None:
-            if not record:
-                continue  # polars skips blank lines before the header
-            width = len(record)
-            if len(set(record)) < width:
-                # polars would rename the second 'x' to 'x_duplicated_0': which one a prompt gets is a guess
-                twice = next(name for name in record if record.count(name) > 1)
-                return f"{path} line {start}: the header names column {twice!r} twice"
-            continue
-        if len(record) == width or (not record and width == 1):
-            continue
-        if not record:
-            return f"{path} line {start} is blank; delete it (it would be read as a row of empty cells)"
-        # too few: polars pads the row with empty cells; too many: polars refuses without a line number
-        return (
-            f"{path} line {start} has {len(record)} fields, but the header has {width}; "
-            "quote cells that contain the separator, and keep empty cells (a,,c)"
-        )
-
-
-def _utf8_problem(path: Path) -> str | None:
-    """Where a file stops being UTF-8: line, byte offset and the byte; None when it is valid."""
-    line, offset, carry = 1, 0, b""
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK_BYTES):
-                data = carry + chunk
-                try:
-                    # final=False: a character split across chunks is kept for the next round
-                    _text, used = codecs.utf_8_decode(data, "strict", False)
-                except UnicodeDecodeError as exc:
-                    line += data.count(b"\n", 0, exc.start)
-                    return (
-                        f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02X} at offset "
-                        f"{offset + exc.start:,}); re-save the file as UTF-8"
-                    )
-                line += data.count(b"\n", 0, used)
-                offset += used
-                carry = data[used:]
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    if carry:
-        return f"{path} line {line}: not valid UTF-8 (the file ends inside a character); re-save it as UTF-8"
-    return None
-
-
-def _jsonl_problem(path: Path) -> str | None:
-    """The first line of a JSONL file that is not UTF-8 or not a JSON object, or None."""
-    problem = _utf8_problem(path)
-    if problem is not None:
-        return problem
-    objects = 0
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                return f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
-            if not isinstance(value, dict):
-                return f"{path} line {number}: expected a JSON object, got {type(value).__name__}"
-            objects += 1
-    return None if objects else f"{path}: input file is empty (no JSON objects)"

@@ -40,6 +40,8 @@ CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 CANCEL_S = 0.2  # from canceling to ended
 RESULTS_CHUNK = 500  # lines written per write() of the results stream
 Authenticate = Callable[[web.Request, SandboxConfig], None]
+# what resolves an item's URL and file sources (the server's, sandbox/sources.py); identity by default
+Resolve = Callable[[web.Request, Any], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -160,8 +162,14 @@ class BatchStore:
             }
 
 
-def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Authenticate) -> None:
-    """Register the batch endpoints on ``app`` (before any catch-all route)."""
+def add_batch_routes(
+    app: web.Application, store: BatchStore, authenticate: Authenticate, resolve: Resolve | None = None
+) -> None:
+    """Register the batch endpoints on ``app`` (before any catch-all route).
+
+    :param resolve: turns an item's URL and file sources into inline ones before it is validated;
+        a source that cannot be used makes that item ``errored``, as the API validates asynchronously.
+    """
 
     def guarded(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -184,10 +192,19 @@ def add_batch_routes(app: web.Application, store: BatchStore, authenticate: Auth
 
     async def create(request: web.Request) -> web.StreamResponse:
         raw = await read_body(request, store.config.batch_max_bytes)
+        body = decode_json(raw)
+        refused: dict[int, RequestError] = {}
+        if resolve is not None and isinstance(body, dict) and isinstance(body.get("requests"), list):
+            for i, entry in enumerate(body["requests"]):
+                if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+                    try:
+                        entry["params"] = await resolve(request, entry["params"])
+                    except RequestError as err:
+                        refused[i] = err
         header = request.headers.get("anthropic-beta", "")
         betas = frozenset(name.strip() for name in header.split(",") if name.strip())
         version = request.headers.get("anthropic-version", "")
-        batch = _new_batch(store, decode_json(raw), version=version, betas=betas)
+        batch = _new_batch(store, body, refused, version=version, betas=betas)
         with store._lock:
             store.body_sizes.append(len(raw))
         return _reply(batch.to_json(_now(), _origin(request)))
@@ -298,7 +315,12 @@ def _find(store: BatchStore, batch_id: str) -> _Batch:
 
 
 def _new_batch(
-    store: BatchStore, body: Any, *, version: str = "", betas: frozenset[str] = frozenset()
+    store: BatchStore,
+    body: Any,
+    refused: dict[int, RequestError] | None = None,
+    *,
+    version: str = "",
+    betas: frozenset[str] = frozenset(),
 ) -> _Batch:
     config = store.config
     if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
@@ -329,7 +351,10 @@ def _new_batch(
         checked.append((custom_id, entry["params"]))
     now = _now()
     with store._lock:
-        items = [_item(store, custom_id, params, version, betas) for custom_id, params in checked]
+        items = [
+            _item(store, custom_id, params, version, betas, (refused or {}).get(i))
+            for i, (custom_id, params) in enumerate(checked)
+        ]
         order = list(range(len(items)))
         store._dice.shuffle(order)
         batch = _Batch(
@@ -346,13 +371,22 @@ def _new_batch(
     return batch
 
 
-def _item(store: BatchStore, custom_id: str, params: Any, version: str, betas: frozenset[str]) -> _Item:
+def _item(
+    store: BatchStore,
+    custom_id: str,
+    params: Any,
+    version: str,
+    betas: frozenset[str],
+    refused: RequestError | None = None,
+) -> _Item:
     """Validate one item's params and draw its fate (under the store's lock: draws follow creation order)."""
     config = store.config
     roll = store._dice.random()
     refuse = config.refusal_rate > 0 and store._dice.random() < config.refusal_rate
     truncate = config.truncation_rate > 0 and store._dice.random() < config.truncation_rate
     try:
+        if refused is not None:
+            raise refused
         if isinstance(params, dict) and params.get("stream"):
             raise RequestError("stream: streaming is not supported in the Message Batches API")
         parsed = parse_request(params, betas=betas)

@@ -60,7 +60,11 @@ async def _start(config: SandboxConfig) -> tuple[web.AppRunner, SandboxState, st
     # leaving it to answer nobody; access_log=None keeps the hot path free of log formatting
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
-    sock, base_url = _bind(config)
+    try:
+        sock, base_url = _bind(config)
+    except BaseException:
+        await runner.cleanup()  # the app started: let it clean up (a port in use lands here)
+        raise
     try:
         await web.SockSite(runner, sock).start()
     except BaseException:

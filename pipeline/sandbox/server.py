@@ -1,8 +1,9 @@
 """The sandbox's aiohttp application: routes, the per-request pipeline, and the statistics it keeps.
 
 Each ``POST /v1/messages`` goes through, in order: auth and headers, the spend cap, body size and
-JSON, validation, the model (404 for one the table lacks, where the preset has ``/v1/models``) and its
-rules (:mod:`pipeline.sandbox.rules`), rate limits, latency, then the fault drawn at arrival or the
+JSON, URL and file sources resolved (:mod:`~pipeline.sandbox.sources`), validation, the model (404
+for one the table lacks, where the preset has ``/v1/models``) and its rules
+(:mod:`pipeline.sandbox.rules`), rate limits, latency, then the fault drawn at arrival or the
 answer (refused or cut short when the seeded ``refusal_rate`` / ``truncation_rate`` say so). Only
 answers count in ``answers_ok`` and ``ok_by_request``; refused requests are not billed, as on the
 hosted API. ``GET /v1/models`` and ``/v1/models/{id}`` answer from the model table
@@ -19,6 +20,7 @@ from collections import Counter, deque
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from pipeline.sandbox.answers import (
@@ -33,9 +35,11 @@ from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, decode_json, err
 from pipeline.sandbox.batches import BatchStore, add_batch_routes
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.faults import FaultDice, status_fault
+from pipeline.sandbox.files import FileStore, add_file_routes, has_files_beta
 from pipeline.sandbox.limits import RateLimiter, TokenBucket, retry_after
 from pipeline.sandbox.models import add_model_routes, known_facts
 from pipeline.sandbox.rules import check_known_model, check_rules
+from pipeline.sandbox.sources import FetchTally, references, resolve_sources
 from pipeline.sandbox.sse import anthropic_events, error_event, message_start, openai_chunks
 from pipeline.sandbox.tokens import CACHE_TTL_S, min_cacheable_tokens
 from pipeline.sandbox.validate import ParsedRequest, parse_request
@@ -57,6 +61,9 @@ class SandboxState:
         # answers since start; unlike the stats, /_sandbox/reset does not lift the spend cap
         self._answers_lifetime = 0
         self.batches = BatchStore(config)  # the Message Batches endpoints' state (sandbox/batches.py)
+        self.files = FileStore()  # the Files API's uploads (sandbox/files.py); not cleared by reset
+        self.fetches = FetchTally()  # URL sources fetched (sandbox/sources.py)
+        self.session: aiohttp.ClientSession | None = None  # for URL sources, open while the app runs
         # the prompt cache: prefix key -> when it expires (monotonic seconds)
         self._prompt_cache: dict[str, float] = {}
         rpm = config.count_tokens_per_minute
@@ -96,6 +103,7 @@ class SandboxState:
             self.rate_limited = 0
             self.answers_ok = 0
             self.ok_by_request: Counter[str] = Counter()
+            self.message_body_bytes = 0  # bytes of every /v1/messages body received
             # bounded logs (seconds since start) so tests can check when requests arrived around a 429
             self.arrivals: deque[float] = deque(maxlen=LOG_LENGTH)
             self.throttles: deque[tuple[float, float]] = deque(maxlen=LOG_LENGTH)
@@ -115,12 +123,29 @@ class SandboxState:
                 "arrivals": [round(t, 4) for t in self.arrivals],
                 "throttles": [[round(t, 4), wait] for t, wait in self.throttles],
                 "batches": self.batches.snapshot(),
+                "files": self.files.snapshot(),
+                "url_fetches": self.fetches.snapshot(),
+                "message_body_bytes": self.message_body_bytes,
             }
 
     def spend_exhausted(self) -> bool:
         """Whether the configured number of answers has been given."""
         limit = self.config.spend_limit_after
         return limit is not None and self._answers_lifetime >= limit
+
+    def record_body(self, size: int) -> None:
+        """Count the bytes of a request body received."""
+        with self._lock:
+            self.message_body_bytes += size
+
+    async def resolved(self, request: web.Request, body: Any) -> Any:
+        """``body`` with URL and file sources replaced by what they stand for (see sandbox/sources)."""
+        if self.session is None and references(body)[0]:
+            # made on the first URL source, in the app's loop; no proxy from the environment applies
+            self.session = aiohttp.ClientSession(trust_env=False)
+        return await resolve_sources(
+            body, store=self.files, tally=self.fetches, beta=has_files_beta(request), session=self.session
+        )
 
     def record_request(self) -> None:
         """Count one arriving ``/v1/messages`` request and log when it came."""
@@ -175,15 +200,23 @@ def create_app(config: SandboxConfig) -> web.Application:
     # one byte over the cap still reaches us, so oversized bodies get the API's 413, not aiohttp's
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = SandboxState(config)
+    app.on_cleanup.append(_close_session)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_get("/_sandbox/stats", _stats)
     app.router.add_post("/_sandbox/reset", _reset)
-    add_batch_routes(app, app[STATE].batches, _authenticate)
+    add_batch_routes(app, app[STATE].batches, _authenticate, app[STATE].resolved)
+    add_file_routes(app, app[STATE].files, config, _authenticate)
     if config.models_api:
         add_model_routes(app, _model_handler)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+async def _close_session(app: web.Application) -> None:
+    session, app[STATE].session = app[STATE].session, None
+    if session is not None:
+        await session.close()
 
 
 def _model_handler(body: Any) -> Any:
@@ -254,7 +287,9 @@ def _authenticate(request: web.Request, config: SandboxConfig) -> None:
 
 async def _read_json(request: web.Request) -> Any:
     """The decoded JSON body, or the API's 413/400 for oversized, non-JSON or malformed bodies."""
-    return decode_json(await read_body(request, MAX_BODY_BYTES))
+    raw = await read_body(request, MAX_BODY_BYTES)
+    request.app[STATE].record_body(len(raw))
+    return decode_json(raw)
 
 
 def _refuse(
@@ -303,7 +338,8 @@ async def _count_tokens(request: web.Request) -> web.Response:
                     error_type="rate_limit_error",
                 )
             bucket.level -= 1.0
-        parsed = parse_request(await _read_json(request), count_tokens=True, betas=request_betas(request))
+        body = await state.resolved(request, await _read_json(request))
+        parsed = parse_request(body, count_tokens=True, betas=request_betas(request))
     except RequestError as err:
         return _json(err.status, error_body(err.error_type, err.message, request_id, err.details), headers)
     return _json(200, {"input_tokens": parsed.input_tokens}, headers)
@@ -326,6 +362,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         if state.spend_exhausted():
             raise _spend_cap(config)
         body = await _read_json(request)
+        body = await state.resolved(request, body)
         parsed = parse_request(body, betas=request_betas(request))
         check_model(body, parsed.model, config, request.headers.get("anthropic-version", ""))
         if not config.tool_choice_supported and "tool_choice" in body:

@@ -146,12 +146,6 @@ def test_a_hugging_face_dataset_of_text_runs(sandbox: pipeline.Sandbox) -> None:
     assert out["status"].to_list() == ["ok"] * 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pipeline.InputError,
-    reason="issue 13 teaches image cells the Hugging Face Image struct {bytes, path}; until it lands the "
-    "column is refused as not text. Remove this mark when it passes (strict: an XPASS fails).",
-)
 def test_a_hugging_face_image_column_is_an_image_cell(sandbox: pipeline.Sandbox) -> None:
     """A Dataset with an Image feature (bytes in the struct): each row's photo is sent as its image."""
     photos = pl.read_csv(SAMPLE / "images.csv").head(3)

@@ -231,8 +231,11 @@ async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
 
 async def test_other_url_schemes_are_refused(tmp_path: Path) -> None:
-    """s3:// and friends are not silently treated as relative paths."""
-    with pytest.raises(ImageError, match=r"^s3://bucket/a\.png: unsupported URL scheme 's3'$"):
+    """Unknown schemes are refused, and s3:// is a URL, never silently treated as a relative path."""
+    with pytest.raises(ImageError, match=r"^ftp://host/a\.png: unsupported URL scheme 'ftp'"):
+        await load_local_image("ftp://host/a.png?token=secret", base_dir=tmp_path)
+    # the local loader never fetches: object storage is the online loader's (see test_storage.py)
+    with pytest.raises(ImageError, match=r"^s3://bucket/a\.png: is a URL, not a local file$"):
         await load_local_image("s3://bucket/a.png?X-Amz-Signature=secret", base_dir=tmp_path)
 
 

@@ -190,7 +190,14 @@ def test_typo_suggests_the_nearest_column(tmp_path: Path) -> None:
     ("frame", "id_column", "needed", "expected"),
     [
         (pl.DataFrame({"img": [1, 2]}), None, {"img": "request.images"}, "holds Int64, expected text"),
-        (pl.DataFrame({"img": [["a"], ["b"]]}), None, {"img": "request.images"}, r"holds List\(String\)"),
+        # a list of images is a valid cell (tests/rows/test_cells.py); a list of numbers is not
+        (pl.DataFrame({"img": [[1], [2]]}), None, {"img": "request.images"}, r"holds List\(Int64\)"),
+        (
+            pl.DataFrame({"img": [{"x": 1}]}),
+            None,
+            {"img": "request.documents"},
+            r"holds Struct\(\{'x': Int64\}\)",
+        ),
         (pl.DataFrame({"id": [1.0, 2.0]}), "id", {}, "id_column 'id' holds Float64; floats make poor ids"),
         (pl.DataFrame({"id": [[1], [2]]}), "id", {}, r"holds List\(Int64\), expected integers or text"),
     ],
@@ -198,7 +205,7 @@ def test_typo_suggests_the_nearest_column(tmp_path: Path) -> None:
 def test_columns_of_the_wrong_type_are_refused(
     tmp_path: Path, frame: pl.DataFrame, id_column: str | None, needed: dict[str, str], expected: str
 ) -> None:
-    """An image column that is not text, or an id column of floats or lists, is refused up front."""
+    """A media column of no usable type, or an id column of floats or lists, is refused up front."""
     path = tmp_path / "a.parquet"
     frame.write_parquet(path)
     with pytest.raises(InputError, match=expected):

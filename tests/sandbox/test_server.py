@@ -334,9 +334,9 @@ BAD_REQUESTS: list[tuple[str, Callable[[], dict[str, Any]], str]] = [
         "messages: Too many images in request: 101 > 100 maximum",
     ),
     (
-        "url image",
-        lambda: with_images({"type": "image", "source": {"type": "url", "url": "http://127.0.0.1/x.png"}}),
-        "messages.0.content.1.image.source.url: the sandbox does not fetch URLs",
+        "url image off loopback",  # loopback URLs are fetched: tests/payloads/test_transport.py
+        lambda: with_images({"type": "image", "source": {"type": "url", "url": "http://example.com/x.png"}}),
+        "messages.0.content.1.image.source.url: the sandbox fetches URLs from loopback only",
     ),
     (
         "image inside tool_result",
