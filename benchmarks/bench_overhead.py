@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_overhead.py [--quick] [--rows N] [--concurrency C]...
     .venv/bin/python benchmarks/bench_overhead.py --profile /tmp/overhead.txt [--concurrency 64]
+    .venv/bin/python benchmarks/bench_overhead.py --rows 3000 --latency-ms 50 20   # the side-by-side W1
 
 One ``pipeline run`` against a sandbox in its own process on the same 2-core machine. Rows/s is the
 rows divided by the wall time of the whole process (start, read, build, send, parse, journal,
@@ -39,14 +40,27 @@ TARGET_ROWS_S = 500.0
 CONCURRENCIES = (16, 64)
 
 
-def one_run(workdir: Path, rows: int, concurrency: int, profile: Path | None = None) -> tuple[Run, float]:
-    """One run; (its outcome, the sandbox's CPU seconds meanwhile). ``profile``: py-spy raw output."""
-    directory = workdir / f"overhead-{rows}-c{concurrency}"
+def one_run(
+    workdir: Path,
+    rows: int,
+    concurrency: int,
+    profile: Path | None = None,
+    *,
+    latency: tuple[float, float] = (0.0, 0.0),
+) -> tuple[Run, float]:
+    """One run; (its outcome, the sandbox's CPU seconds meanwhile). ``profile``: py-spy raw output.
+
+    :param latency: the sandbox's (latency, jitter) in ms; (0, 0) for target 3 itself.
+    """
+    directory = workdir / f"overhead-{rows}-c{concurrency}-l{latency[0]:g}"
     directory.mkdir(parents=True, exist_ok=True)
     write_text_rows(directory / "in.csv", rows)
     job = write_job(directory, concurrency=concurrency, max_attempts=3)
-    log(f"target 3: {rows:,} text rows, no limits, zero latency, concurrency {concurrency}")
-    with Sandbox() as box:
+    log(
+        f"target 3: {rows:,} text rows, no limits, latency {latency[0]:g} ± {latency[1]:g} ms, "
+        f"concurrency {concurrency}"
+    )
+    with Sandbox(["--latency-ms", f"{latency[0]:g}", "--jitter-ms", f"{latency[1]:g}"]) as box:
         box_cpu = box.cpu_s()
         if profile is None:
             result = run_to_end(job, box.base_url, timeout_s=600)
@@ -68,12 +82,18 @@ def one_run(workdir: Path, rows: int, concurrency: int, profile: Path | None = N
 
 
 def run(
-    workdir: Path, *, quick: bool, rows: int | None = None, concurrencies: Sequence[int] = CONCURRENCIES
+    workdir: Path,
+    *,
+    quick: bool,
+    rows: int | None = None,
+    concurrencies: Sequence[int] = CONCURRENCIES,
+    latency: tuple[float, float] = (0.0, 0.0),
 ) -> list[Figure]:
     rows = rows or (5_000 if quick else 20_000)
     figures: list[Figure] = []
+    where = "zero latency" if latency == (0.0, 0.0) else f"{latency[0]:g} ± {latency[1]:g} ms"
     for n, concurrency in enumerate(concurrencies):
-        result, box_cpu = one_run(workdir, rows, concurrency)
+        result, box_cpu = one_run(workdir, rows, concurrency, latency=latency)
         ok = ok_rows(result)
         sent = int((result.summary or {}).get("requests_sent", ok) or 1)
         rate = rows / result.wall_s
@@ -82,7 +102,7 @@ def run(
         figures += [
             Figure(
                 f"3a{suffix}",
-                f"{rows:,} text rows end to end, no limits, zero latency, concurrency {concurrency}",
+                f"{rows:,} text rows end to end, no limits, {where}, concurrency {concurrency}",
                 "≥ 500 rows/s",
                 f"{rate:.0f} rows/s ({result.wall_s:.1f} s wall; {ok:,} ok)",
                 rate >= TARGET_ROWS_S and ok == rows and result.returncode == 0,
@@ -133,15 +153,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--concurrency", type=int, action="append", help="repeatable (default: 16 and 64)")
     parser.add_argument("--profile", type=Path, help="run once under py-spy (pip install py-spy), write here")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("MS", "JITTER"),
+        help="the sandbox's latency and jitter (the side-by-side W1 uses 50 20); default 0 0",
+    )
     args = parser.parse_args()
     concurrencies = args.concurrency or CONCURRENCIES
+    latency = (args.latency_ms[0], args.latency_ms[1])
     with work_directory(args.workdir) as workdir:
         if args.profile:
             rows = args.rows or (5_000 if args.quick else 20_000)
-            one_run(workdir, rows, concurrencies[0], profile=args.profile)
+            one_run(workdir, rows, concurrencies[0], profile=args.profile, latency=latency)
             print(summarise_profile(args.profile))
             return
-        finish(run(workdir, quick=args.quick, rows=args.rows, concurrencies=concurrencies), args.json_out)
+        figures = run(workdir, quick=args.quick, rows=args.rows, concurrencies=concurrencies, latency=latency)
+        finish(figures, args.json_out)
 
 
 if __name__ == "__main__":

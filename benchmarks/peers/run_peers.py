@@ -16,6 +16,8 @@ benchmark itself broke.
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import os
 import platform
@@ -191,6 +193,11 @@ def work_directory(keep: Path | None) -> Iterator[Path]:
 def pipeline_command() -> tuple[str, ...]:
     """The project venv's ``pipeline`` console script (``python -m pipeline`` if it has none)."""
     script = Path(sys.executable).with_name("pipeline")
+    # its bytecode written once, as for the peers' venvs (a source tree run with PYTHONDONTWRITEBYTECODE
+    # set would compile every module in every measured run)
+    spec = importlib.util.find_spec("pipeline")
+    if spec is not None and spec.origin is not None:
+        compileall.compile_dir(str(Path(spec.origin).parent), quiet=1)
     return (str(script),) if script.exists() else (sys.executable, "-m", "pipeline")
 
 

@@ -1,19 +1,21 @@
 """The only module that talks to the Messages endpoint: one request per call, paced, retried, typed.
 
-:class:`MessagesClient` owns the run's ``httpx.AsyncClient`` (explicit ``Timeout`` and ``Limits``),
-the rate limiters and the shared pause (:mod:`pipeline.api.ratelimit`). :meth:`MessagesClient.send`
-waits for the pause and the budgets, posts one payload (streamed when it asks for ``stream``),
-retries what can be retried with tenacity, and returns a :class:`~pipeline.records.Sent` or raises:
+:class:`MessagesClient` owns the run's connections (the API requests' own pool, whose carrier is
+:mod:`pipeline.api.transport`, and an ``httpx.AsyncClient`` with explicit ``Timeout`` and
+``Limits`` for image downloads), the rate limiters and the shared pause
+(:mod:`pipeline.api.ratelimit`). :meth:`MessagesClient.send` waits for the pause and the budgets,
+posts one payload (streamed when it asks for ``stream``), retries what can be retried with
+tenacity, and returns a :class:`~pipeline.records.Sent` or raises:
 
 - :class:`~pipeline.errors.PermanentApiError`: this request will never succeed; no retry.
 - :class:`~pipeline.errors.FatalApiError`: no request can succeed (bad key, spend cap); stop the run.
 - the last :class:`~pipeline.errors.RetryableApiError` once ``max_attempts`` are used up.
 
 Every error carries ``.attempts``. The API key travels only in the request headers of the Messages
-endpoint: never in the shared client's defaults (the runner downloads images with it), a message,
-a log line or a repr. Failures are typed by :mod:`pipeline.api.classify`, retried by the policy of
-:mod:`pipeline.api.retry` (shared with the Batches endpoints), and reply bodies and event streams
-are parsed by :mod:`pipeline.api.replies`.
+endpoint: never in a client's defaults (the runner downloads images with the ``httpx`` one), a
+message, a log line or a repr. Failures are typed by :mod:`pipeline.api.classify`, retried by the
+policy of :mod:`pipeline.api.retry` (shared with the Batches endpoints), and reply bodies and event
+streams are parsed by :mod:`pipeline.api.replies`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -34,6 +36,7 @@ from pipeline.api.config import CONNECT_TIMEOUT_S, ClientConfig
 from pipeline.api.ratelimit import Pacer, PauseGate, RateLimits, loop_clock
 from pipeline.api.replies import SseDecoder, StreamAssembler, parse_message
 from pipeline.api.retry import RetryDetails
+from pipeline.api.transport import Answer, Carrier, encode_json, open_carrier
 from pipeline.errors import ApiError, RetryableApiError
 from pipeline.records import Reply, Sent
 from pipeline.wire import MessagePayload
@@ -84,6 +87,7 @@ class MessagesClient:
         self._clock = clock
         self._policy = config.retry_policy()
         self._http: httpx.AsyncClient | None = None
+        self._wire: Carrier | None = None
         self._limits: Budgets | None = None
         self._gate: Gate | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -105,10 +109,11 @@ class MessagesClient:
                 max_connections=config.concurrency + DOWNLOAD_HEADROOM,
                 max_keepalive_connections=config.concurrency,
             ),
-            # this client also fetches image URLs; image hosts redirect, and the Messages request
-            # itself opts out (see _exchange)
+            # this client fetches image URLs; image hosts redirect (the API requests opt out: _exchange)
             follow_redirects=True,
         )
+        # what carries the API requests: aiohttp's pool, or the test's transport through self._http
+        self._wire = open_carrier(config, self._http, pooled=self._transport is None)
         self._limits = self._shared_limits
         if self._limits is None:
             self._limits = RateLimits(
@@ -126,13 +131,17 @@ class MessagesClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        wire, self._wire = self._wire, None
         http, self._http = self._http, None
+        if wire is not None:
+            await wire.aclose()
         if http is not None:
             await http.aclose()
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The shared ``httpx`` client (open only inside ``async with``); it carries no credentials."""
+        """The ``httpx`` client for image downloads (open only inside ``async with``); it carries no
+        credentials. The API requests have a connection pool of their own (:mod:`pipeline.api.transport`)."""
         return self._require_open()[0]
 
     @property
@@ -150,16 +159,35 @@ class MessagesClient:
             raise RuntimeError("MessagesClient is not open: use it inside `async with`")
         return self._http, self._gate, self._limits, self._slots
 
+    @property
+    def _carrier(self) -> Carrier:
+        if self._wire is None:
+            raise RuntimeError("MessagesClient is not open: use it inside `async with`")
+        return self._wire
+
     async def send(self, payload: MessagePayload, *, input_tokens: int) -> Sent:
         """Send one request, retrying what can be retried; see the module docstring for what it raises.
 
         :param input_tokens: the caller's estimate, acquired from the input budget before sending.
         """
         self._require_open()  # fail before any waiting, not after the first backoff
+        started = time.monotonic()  # tenacity's clock, for the policy's max_total_s
+        try:
+            reply, latency_ms = await self._attempt(payload, input_tokens, 1)
+        except RetryableApiError as error:
+            failed = error
+        else:
+            return Sent(reply=reply, attempts=1, latency_ms=latency_ms)
+        # The first attempt runs outside tenacity: setting up its loop cost more than the rest of a
+        # successful send. Once it has failed retryably, tenacity takes that failure as its own
+        # attempt 1 (started when it really started) and decides as it always has: same policy.
         sent: Sent | None = None
         async for attempt in self._retrying():
             with attempt:
                 number = attempt.retry_state.attempt_number
+                if number == 1:
+                    attempt.retry_state.start_time = started
+                    raise failed
                 reply, latency_ms = await self._attempt(payload, input_tokens, number)
                 sent = Sent(reply=reply, attempts=number, latency_ms=latency_ms)
         assert sent is not None  # tenacity either ran the block to success or raised
@@ -187,7 +215,7 @@ class MessagesClient:
         return self._policy.retrying(sleep=self._sleep, before_sleep=self._before_sleep)
 
     async def _count_once(self, body: dict[str, Any], number: int) -> int:
-        http, gate, _, slots = self._require_open()
+        _, gate, _, slots = self._require_open()
         async with slots:
             await gate.wait()
             if self._count_pacer is not None:
@@ -196,16 +224,15 @@ class MessagesClient:
             url = self.config.url("/v1/messages/count_tokens")
             try:
                 try:
-                    response = await http.post(
-                        url, json=body, headers=self.config.headers(), follow_redirects=False
-                    )
-                except httpx.TransportError as exc:
+                    async with self._carrier.post(url, encode_json(body), self._json_headers()) as answer:
+                        status, headers, content = answer.status, answer.headers, await answer.read()
+                except (httpx.TransportError, httpx.DecodingError) as exc:
                     raise self._transport_failure(exc) from exc
-                request_id = response.headers.get("request-id")
-                if not response.is_success:
-                    raise classify(response.status_code, response.headers, response.content)
+                request_id = headers.get("request-id")
+                if not 200 <= status < 300:
+                    raise classify(status, headers, content)
                 try:
-                    counted = json.loads(response.content)["input_tokens"]
+                    counted = json.loads(content)["input_tokens"]
                 except (ValueError, TypeError, KeyError):
                     counted = None
                 if not isinstance(counted, int) or isinstance(counted, bool):
@@ -254,27 +281,25 @@ class MessagesClient:
     async def _exchange(self, payload: MessagePayload) -> Reply:
         """POST the payload and read the reply; every failure comes out as an ``ApiError``."""
         stream = bool(payload.get("stream"))
-        headers = self.config.headers(accept="text/event-stream" if stream else "application/json")
-        url = self.config.endpoint
+        headers = self._json_headers(accept="text/event-stream" if stream else "application/json")
         try:
-            # no redirects: httpx would carry x-api-key to whatever host a redirect names
-            if stream:
-                async with self.http.stream(
-                    "POST", url, json=payload, headers=headers, follow_redirects=False
-                ) as response:
-                    self.limits.learn(response.headers)
-                    return await self._read_stream(response)
-            response = await self.http.post(url, json=payload, headers=headers, follow_redirects=False)
-            self.limits.learn(response.headers)
-            return self._read_reply(response.status_code, response.headers, response.content)
+            # never follows a redirect: it would carry x-api-key to whatever host the redirect names
+            async with self._carrier.post(self.config.endpoint, encode_json(payload), headers) as answer:
+                self.limits.learn(answer.headers)
+                if stream:
+                    return await self._read_stream(answer)
+                return self._read_reply(answer.status, answer.headers, await answer.read())
         except (httpx.TransportError, httpx.DecodingError) as exc:
             # timed out, refused, reset or dropped mid-reply: the next attempt may get through
             raise self._transport_failure(exc) from exc
 
+    def _json_headers(self, *, accept: str = "application/json") -> dict[str, str]:
+        return {**self.config.headers(accept=accept), "content-type": "application/json"}
+
     def _transport_failure(self, exc: httpx.HTTPError) -> RetryableApiError:
         return transport_failure(exc, timeout_s=self.config.timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S)
 
-    def _read_reply(self, status: int, headers: httpx.Headers, body: bytes) -> Reply:
+    def _read_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> Reply:
         request_id = headers.get("request-id")
         if not 200 <= status < 300:
             raise classify(status, headers, body)
@@ -293,16 +318,16 @@ class MessagesClient:
         except (ValueError, TypeError) as exc:
             raise parse_failure(str(exc), status, request_id) from None
 
-    async def _read_stream(self, response: httpx.Response) -> Reply:
-        status, headers = response.status_code, response.headers
-        if not response.is_success or "json" in headers.get("content-type", ""):
+    async def _read_stream(self, answer: Answer) -> Reply:
+        status, headers = answer.status, answer.headers
+        if not 200 <= status < 300 or "json" in headers.get("content-type", ""):
             # an error, or a server that ignored `stream` and sent the whole Message as JSON
-            return self._read_reply(status, headers, await response.aread())
+            return self._read_reply(status, headers, await answer.read())
         request_id = headers.get("request-id")
         decoder = SseDecoder()
         assembler = StreamAssembler(request_id)
         try:
-            async for line in response.aiter_lines():
+            async for line in answer.lines():
                 if (event := decoder.feed(line)) is not None:
                     assembler.feed_sse(event)
                     if assembler.done:

@@ -38,8 +38,24 @@ log = logging.getLogger("pipeline.client")
 # OTPM counts real output (docs from 2026-02-19), and settle() charges any shortfall afterwards.
 OUTPUT_WARMUP = 1
 OUTPUT_HEADROOM = 1.2  # the estimate is the mean plus 20 %, so a longer reply rarely leaves a debt
-PACE_SHARE = 0.985  # of a limit actually used: the margin absorbs jitter in arrival times
+# A known limit (the job's, or one the server states) is paced at exactly its rate. The server's
+# bucket refills continuously and is taken to hold a second of the rate, and at least one request
+# (the API "may enforce" a per-minute limit over intervals as short as a second:
+# https://platform.claude.com/docs/en/api/rate-limits). A pacer releases at most BURST_S at once, so
+# the server's bucket keeps the rest as slack, and arrivals that jitter by less than the slack never
+# overflow it. Where both buckets hold a single request (under 120/min) there is less slack than
+# JITTER_S, and each interval is stretched by what is missing. tests/api/test_ratelimit.py replays
+# jittered arrivals into the sandbox's bucket to show it.
 BURST_S = 0.5  # seconds of the rate a bucket may release at once
+SERVER_BURST_S = 1.0
+JITTER_S = 0.1  # arrival jitter (network, server, the client's own loop) a known limit absorbs
+# Paced exactly, the server's bucket never refills what a stall took (a burst of late arrivals, a
+# server that paused): while its `remaining` header says it holds less than the pacer's own burst,
+# a known limit is paced at this share until it has refilled.
+RECOVER_SHARE = 0.95
+TOKEN_ROUNDING = 1000  # token `remaining` headers are rounded to the nearest 1,000 (rate-limits docs)
+# A rate the client measured for itself (slow start, AIMD) is noisy: pace a little under it.
+GUESS_SHARE = 0.985
 # AIMD for servers that state no limits (self-hosted ones): after a 429, pace at the rate that was
 # being answered, a little lower; then probe upwards until the next 429.
 ADAPT_WINDOW_S = 10.0  # successes counted over this window to measure what the server accepts
@@ -68,23 +84,33 @@ LIMIT_HEADERS = {
     "input_tokens": "anthropic-ratelimit-input-tokens-limit",
     "output_tokens": "anthropic-ratelimit-output-tokens-limit",
 }
+REMAINING_HEADERS = {
+    "requests": "anthropic-ratelimit-requests-remaining",
+    "input_tokens": "anthropic-ratelimit-input-tokens-remaining",
+    "output_tokens": "anthropic-ratelimit-output-tokens-remaining",
+}
 
 
 class Pacer:
-    """One per-minute budget, paced smoothly a little under the limit.
+    """One per-minute budget, paced smoothly.
 
-    The bucket holds half a second of the rate (at least 1 unit) and refills at
-    :data:`PACE_SHARE` of it: pacing at exactly the server's limit keeps its bucket full, so any
-    jitter in arrival times overflows it into 429s.
+    The bucket holds half a second of the paced rate (at least 1 unit) and refills continuously at
+    ``share`` of the limit: all of it for a known limit (see :data:`BURST_S` for why that earns no
+    429; below 120/min slightly less), :data:`GUESS_SHARE` for a rate the client estimated itself.
 
     :param per_minute: the limit, in units (requests or tokens) per minute.
+    :param share: the part of the limit paced.
     """
 
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, *, share: float = 1.0) -> None:
         if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
         self.per_minute = per_minute
-        self.capacity, period = _bucket_shape(per_minute)
+        self.share = share
+        self.holding_back = False
+        self.capacity, period = _bucket_shape(per_minute, share)
         self._limiter = _Bucket(self.capacity, period)
 
     async def acquire(self, amount: float = 1.0) -> None:
@@ -121,8 +147,17 @@ class Pacer:
         if not per_minute > 0:
             raise ValueError(f"per_minute must be positive, got {per_minute!r}")
         self.per_minute = per_minute
-        self.capacity, period = _bucket_shape(per_minute)
-        self._limiter.retune(self.capacity, period)
+        self.capacity, period = _bucket_shape(per_minute, self.share)
+        self._limiter.retune(self.capacity, period / RECOVER_SHARE if self.holding_back else period)
+
+    def hold_back(self, on: bool) -> None:
+        """Refill at :data:`RECOVER_SHARE` of the rate while ``on`` (the server's bucket runs low), at
+        the whole rate otherwise. Only the refill changes: waiting acquisitions still fit the bucket."""
+        if on == self.holding_back:
+            return
+        self.holding_back = on
+        capacity, period = _bucket_shape(self.per_minute, self.share)
+        self._limiter.retune(capacity, period / RECOVER_SHARE if on else period)
 
 
 class _Bucket(AsyncLimiter):
@@ -149,12 +184,20 @@ class _Bucket(AsyncLimiter):
         self._wake_next()
 
 
-def _bucket_shape(per_minute: float) -> tuple[float, float]:
-    """(capacity, refill period) of a pacer: half a second of PACE_SHARE of the rate, at least 1 unit."""
-    rate = per_minute * PACE_SHARE
-    capacity = max(1.0, rate * BURST_S / 60.0)
+def _bucket_shape(per_minute: float, share: float) -> tuple[float, float]:
+    """(capacity, refill period) of a pacer: half a second of ``share`` of the rate, at least 1 unit.
+
+    For a known limit (``share`` 1) the period also keeps :data:`JITTER_S` of slack against a server
+    bucket of :data:`SERVER_BURST_S` (at least one unit): only below 120/min does that lengthen it.
+    """
+    rate = per_minute * share / 60.0
+    capacity = max(1.0, rate * BURST_S)
     # the period that refills `capacity` at `rate`: BURST_S at high rates, longer below
-    return capacity, capacity * 60.0 / rate
+    period = capacity / rate
+    if share == 1.0:
+        slack_s = (max(1.0, rate * SERVER_BURST_S) - capacity) / rate
+        period += max(0.0, JITTER_S - slack_s)  # capacity is 1 wherever this adds anything
+    return capacity, period
 
 
 class OutputEstimator:
@@ -248,7 +291,8 @@ class RateLimits:
         self.ramp: Pacer | None = None
 
     def learn(self, headers: Mapping[str, str]) -> None:
-        """Pace no faster than the limits the server states in ``anthropic-ratelimit-*-limit`` headers.
+        """Pace no faster than the limits the server states in ``anthropic-ratelimit-*-limit`` headers,
+        and a little slower while its ``*-remaining`` headers say its bucket runs low.
 
         Jobs often leave limits out or copy the wrong tier's; the hosted API says what it enforces
         on every response, and ignoring that turns every resume after a 429 into another storm.
@@ -264,6 +308,14 @@ class RateLimits:
             current: Pacer | None = getattr(self, kind)
             if current is None or current.per_minute != target:
                 setattr(self, kind, Pacer(target))
+        for kind, header in REMAINING_HEADERS.items():
+            pacer: Pacer | None = getattr(self, kind)
+            remaining = _number(headers.get(header))
+            if pacer is None or remaining is None or pacer.share != 1.0:
+                continue  # no such limit, no word on it, or a guessed pace (AIMD has its own loop)
+            if kind != "requests" and pacer.capacity < 2 * TOKEN_ROUNDING:
+                continue  # rounded to 1,000, the header cannot tell a bucket this small low from empty
+            pacer.hold_back(remaining < pacer.capacity)
 
     @property
     def adaptive_rpm(self) -> float | None:
@@ -354,7 +406,7 @@ class RateLimits:
             log.debug("slow start over: %.0f requests/min without a 429", rpm)
             self._end_slow_start()
         elif self.ramp is None:
-            self.ramp = Pacer(rpm)
+            self.ramp = Pacer(rpm, share=GUESS_SHARE)
         else:
             self.ramp.retune(rpm)
 
@@ -372,7 +424,7 @@ class RateLimits:
         if self._adaptive is not None and self.requests is self._adaptive:
             self._adaptive.retune(self._adaptive_rpm)  # in place: a new bucket would start with a burst
         else:
-            self.requests = self._adaptive = Pacer(self._adaptive_rpm)
+            self.requests = self._adaptive = Pacer(self._adaptive_rpm, share=GUESS_SHARE)
         log.log(
             logging.INFO if lower else logging.DEBUG,
             "the server states no rate limits: pacing at %.0f requests/min (%s)",
@@ -473,6 +525,14 @@ class PauseGate:
 def loop_clock() -> Callable[[], float]:
     """The running loop's monotonic clock, which aiolimiter also uses."""
     return asyncio.get_running_loop().time
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _positive_number(value: str | None) -> float | None:

@@ -34,6 +34,7 @@ from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image, 
 from pipeline.payloads.transport import Transport
 from pipeline.records import Row
 from pipeline.rows.cells import MediaItem, cell_items
+from pipeline.rows.media import is_remote
 from pipeline.rows.memory import FrameInput, InputSource, open_frame
 from pipeline.rows.reader import InputTable, SourcedRow, open_input
 from pipeline.rows.storage import ObjectStorage
@@ -49,6 +50,9 @@ READ_ROWS = 500
 READ_MEDIA_BYTES = 32 << 20
 # rows being prepared or handed on at once by default: enough to keep the cores and the senders busy
 DEFAULT_SLOTS = (os.cpu_count() or 2) * 2 + 2
+# images decoded and encoded at once: one per core and one more, so a core never waits for a file
+# read, however many rows are on their way (downloads in flight need many)
+CPU_SLOTS = (os.cpu_count() or 2) + 1
 
 # what the walk calls for each text media cell: its bytes, or None to leave it out
 Loader = Callable[[str, SourcedRow], Awaitable[bytes | None]]
@@ -143,6 +147,7 @@ async def prepare_rows(
     *,
     wanted: Callable[[SourcedRow], bool] | None = None,
     slots: int = DEFAULT_SLOTS,
+    download_slots: int = 0,
     keys: bool = False,
     keep_images: bool = False,
     stopping: Callable[[], bool] | None = None,
@@ -156,6 +161,11 @@ async def prepare_rows(
     :param slots: a slot is taken before a row is prepared and given back only when ``take``
         returns, so rows waiting downstream (for a sender, say) count against the bound and memory
         stays flat however far the reader runs ahead.
+    :param download_slots: when above ``slots``, a row with an image URL takes one of these instead,
+        so that downloads overlap (a sender asks for as many as it has requests in flight: preparing
+        runs ahead of sending instead of gating it). Rows of local files and text keep ``slots``:
+        their preparation is CPU work, bounded apart (:data:`CPU_SLOTS`), and more of them waiting
+        prepared would only hold more payloads in memory.
     :param keys: also compute each request's dedupe key (off the loop when the request has images).
     :param keep_images: keep the prepared images on the outcome (``estimate`` measures them).
     :param stopping: read no further once this is true (a graceful stop).
@@ -167,14 +177,17 @@ async def prepare_rows(
     with ``error`` set. What ``take`` raises ends the walk.
     """
     gate = asyncio.Semaphore(slots)
+    downloads = asyncio.Semaphore(download_slots) if download_slots > slots and request.images else None
+    cpu = asyncio.Semaphore(CPU_SLOTS)
     examples = await prepare_examples(request)
 
-    async def one(sourced: SourcedRow) -> None:
+    async def one(sourced: SourcedRow, held: asyncio.Semaphore) -> None:
         try:
             outcome = await _prepare_one(
                 request,
                 sourced,
                 load,
+                cpu,
                 keys=keys,
                 keep_images=keep_images,
                 transport=transport,
@@ -182,7 +195,7 @@ async def prepare_rows(
             )
             await take(outcome)
         finally:
-            gate.release()
+            held.release()
 
     async with asyncio.TaskGroup() as group:
         # reading a batch of the table is blocking I/O: do it in a thread
@@ -190,16 +203,25 @@ async def prepare_rows(
             for sourced in batch:
                 if wanted is not None and not wanted(sourced):
                     continue
-                await gate.acquire()
-                group.create_task(one(sourced))
+                held = gate
+                if downloads is not None and _has_image_url(request, sourced):
+                    held = downloads
+                await held.acquire()
+                group.create_task(one(sourced, held))
         if on_read is not None:
             on_read()
+
+
+def _has_image_url(request: RequestSpec, sourced: SourcedRow) -> bool:
+    items = media_items(request.images, sourced)
+    return any(isinstance(item.value, str) and is_remote(item.value) for _, item in items)
 
 
 async def _prepare_one(
     request: RequestSpec,
     sourced: SourcedRow,
     load: Loader,
+    cpu: asyncio.Semaphore,
     *,
     keys: bool,
     keep_images: bool,
@@ -215,6 +237,7 @@ async def _prepare_one(
             prepared=images if keep_images else None,
             transport=transport,
             examples=examples,
+            cpu=cpu,
         )
     except RowError as exc:
         return Prepared(sourced, error=exc)
@@ -285,6 +308,7 @@ async def prepare_request(
     prepared: list[PreparedImage] | None = None,
     transport: Transport = INLINE,
     examples: ExamplePrefix | None = None,
+    cpu: asyncio.Semaphore | None = None,
 ) -> tuple[MessagePayload, int, int]:
     """A row's payload, its input-token estimate and how many images it holds; RowError if it can't be sent.
 
@@ -292,7 +316,8 @@ async def prepare_request(
     fetches a text cell's bytes, or returns None to leave the image out (``validate`` and
     ``estimate`` fetch no URLs); cells that hold bytes need no loading. ``transport`` says how each
     image and document travels. ``prepared``, when given, receives the images as they will be sent.
-    ``examples`` is the walk's prepared few-shot prefix (prepared here when not given).
+    ``examples`` is the walk's prepared few-shot prefix (prepared here when not given). ``cpu``, when
+    given, is held while an image is decoded and encoded (:data:`CPU_SLOTS`).
     """
     if examples is None:
         examples = await prepare_examples(request)
@@ -310,7 +335,7 @@ async def prepare_request(
         if data is None:
             continue
         # Decoding and re-encoding is CPU work: keep it off the event loop.
-        image = await asyncio.to_thread(prepare_image, data, policy, label=item.label(column))
+        image = await _prepare_image(data, policy, item.label(column), cpu)
         images.append(await transport.place(image))
     documents: list[PreparedDocument] = []
     for column, item in media_items(request.documents, sourced):
@@ -332,6 +357,16 @@ async def prepare_request(
     if prepared is not None:
         prepared.extend(images)
     return payload, input_tokens, len(images)
+
+
+async def _prepare_image(
+    data: bytes, policy: ImagePolicy, label: str, cpu: asyncio.Semaphore | None
+) -> PreparedImage:
+    # decoding and re-encoding is CPU work: off the event loop, at most CPU_SLOTS at once in a walk
+    if cpu is None:
+        return await asyncio.to_thread(prepare_image, data, policy, label=label)
+    async with cpu:
+        return await asyncio.to_thread(prepare_image, data, policy, label=label)
 
 
 async def _media_bytes(

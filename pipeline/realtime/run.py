@@ -336,6 +336,9 @@ class _Run:
             ),
             self._queue,
             wanted=wanted,
+            # as many image downloads may be on their way as requests in flight: preparing runs ahead
+            # of sending instead of gating it (decoding has a bound of its own, CPU_SLOTS)
+            download_slots=self.client.config.concurrency,
             keys=self.recorder.dedupe is not None,
             on_read=read,
             transport=self.media,

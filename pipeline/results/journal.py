@@ -19,15 +19,22 @@ COALESCE_ROWS = 2048
 
 
 SMALL_BATCHES = 64
+# the file's write buffer: a batch is serialised into it and flushed to the OS in one write
+WRITE_BUFFER = 1 << 20
 
 
 class Journal:
     """The append-only record of one run's results.
 
     Inside an event loop, results appended during one turn of the loop are written together, as one
-    record batch, when the turn ends (``loop.call_soon``): a batch costs ~120 µs however few rows it
-    holds, and at zero latency several replies land per turn. A write that fails is raised by the
+    record batch, when the turn ends (``loop.call_soon``): a batch has a fixed cost however few rows
+    it holds, and at zero latency several replies land per turn. A write that fails is raised by the
     next ``append`` or by ``close``. Outside a loop every append is written at once.
+
+    What a one-row batch costs (23 columns, measured in this process on the 2-core machine): built
+    by ``RecordBatch.from_pylist`` 160-215 µs (it converts column by column), from one struct
+    array 45-60 µs; written by the IPC writer straight to an unbuffered file 75-85 µs (about 70
+    ``write`` calls, one per buffer), through a write buffer flushed once per batch 10 µs.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -35,11 +42,14 @@ class Journal:
         self.schema = schema
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # OSFile is unbuffered: every batch reaches the OS when write_batch returns.
-            self._sink = pa.OSFile(str(path), "wb")
+            self._file = pa.OSFile(str(path), "wb")
+            # flushed after every batch (flush), so each reaches the OS in one write when it is written
+            self._sink = pa.BufferedOutputStream(self._file, WRITE_BUFFER)
             self._writer = pa.ipc.new_stream(self._sink, schema)
+            self._sink.flush()
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        self._row_type = pa.struct(list(schema))  # a batch is built as one struct array: see above
         self.rows_written = 0  # rows appended (written by the end of the loop's turn)
         self._pending: list[Result] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -68,9 +78,10 @@ class Journal:
         if not pending:
             return
         records = [result_record(r, self.schema) for r in pending]
-        batch = pa.RecordBatch.from_pylist(records, schema=self.schema)
+        batch = pa.RecordBatch.from_struct_array(pa.array(records, type=self._row_type))
         try:
             self._writer.write_batch(batch)
+            self._sink.flush()
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
@@ -98,6 +109,8 @@ class Journal:
             self._writer.close()
         with contextlib.suppress(OSError):
             self._sink.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
         if failure is not None:
             self._failure = None
             raise failure

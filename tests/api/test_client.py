@@ -11,17 +11,20 @@ import email.utils
 import json
 import logging
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+import tenacity
 
 from fakes import FakeClock
+from pipeline.api import client as client_module
 from pipeline.api.classify import classify, html_summary, parse_retry_after
 from pipeline.api.client import ClientConfig, MessagesClient
 from pipeline.api.ratelimit import PauseGate, RateLimits
-from pipeline.api.retry import RetryDetails
+from pipeline.api.retry import RetryDetails, RetryPolicy
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 from pipeline.records import ToolCall, Usage
 from pipeline.wire import MessagePayload
@@ -502,6 +505,30 @@ async def test_exhaustion_raises_the_last_retryable_error() -> None:
     assert (error.status, error.message, error.attempts) == (503, "last", 4)
     assert len(h.script.requests) == 4
     assert (h.client.requests_sent, h.client.retries) == (4, 3)
+
+
+@pytest.mark.parametrize(("first_takes_s", "retried"), [(9.8, False), (5.0, True)])
+async def test_total_time_counts_from_the_first_attempt(
+    monkeypatch: pytest.MonkeyPatch, first_takes_s: float, retried: bool
+) -> None:
+    """No retry starts whose wait would end past ``max_total_s`` after the first attempt began,
+    however long that first attempt took (the policy's budget is the whole call's)."""
+    h = Harness(ScriptedApi(api_error(529, "overloaded_error"), reply()))
+    clock = types.SimpleNamespace(monotonic=h.clock, perf_counter=time.perf_counter)
+    monkeypatch.setattr(tenacity, "time", clock)  # tenacity's clock is the harness's fake one
+    monkeypatch.setattr(client_module, "time", clock)
+    h.client._policy = RetryPolicy(max_attempts=8, max_total_s=10.0)  # first wait: 0.25-0.5 s
+
+    async def slow_529(request: httpx.Request) -> httpx.Response:
+        h.clock.now += first_takes_s
+        return await api_error(529, "overloaded_error")(request)
+
+    h.script.steps[0] = slow_529
+    if retried:
+        assert (await h.send()).attempts == 2
+    else:
+        error = await h.fail()
+        assert (error.status, error.attempts, h.retries) == (529, 1, [])
 
 
 async def test_permanent_after_retries_counts_all_attempts() -> None:

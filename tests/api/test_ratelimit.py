@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +13,10 @@ import pytest
 from aiolimiter import AsyncLimiter
 
 from fakes import FakeClock
-from pipeline.api.ratelimit import OutputEstimator, Pacer, PauseGate, RateLimits, Reservation
+from pipeline.api import ratelimit
+from pipeline.api.ratelimit import BURST_S, OutputEstimator, Pacer, PauseGate, RateLimits, Reservation
 from pipeline.records import Usage
+from pipeline.sandbox.limits import TokenBucket
 
 
 class LoopTime:
@@ -71,28 +74,119 @@ async def acquisition_times(pacer: Pacer, clock: LoopTime, count: int, seconds: 
     return times
 
 
-async def test_600_per_minute_paces_just_under_ten_per_second() -> None:
-    """At 600/min the bucket releases half a second (about 5) at once, then refills at 98.5 % of 10/s."""
+async def test_600_per_minute_paces_exactly_ten_per_second() -> None:
+    """At 600/min the bucket releases half a second (5) at once, then refills at exactly 10/s."""
     with patched_loop_time() as clock:
         times = await acquisition_times(Pacer(600), clock, count=80, seconds=4.0)
-    assert sum(1 for t in times if t == 0.0) == 4  # capacity 4.925: a half-second burst, not a minute's 600
+    assert sum(1 for t in times if t == 0.0) == 5  # capacity 5: a half-second burst, not a minute's 600
     steady = sum(1 for t in times if 1.0 <= t < 3.0)
-    assert 19 <= steady <= 20  # 9.85/s
-    assert 43 <= len(times) <= 45  # 4 + 9.85/s over 4 s
+    assert steady == 20  # 10/s
+    assert 44 <= len(times) <= 45  # 5 + 10/s over 4 s
 
 
 async def test_below_60_per_minute_spaces_single_requests() -> None:
-    """At 30/min the bucket holds one request and refills one every ~2.03 s (98.5 % of the rate)."""
+    """At 30/min both buckets hold one request, so each 2 s interval keeps 0.1 s for jitter: 2.1 s."""
     with patched_loop_time() as clock:
         times = await acquisition_times(Pacer(30), clock, count=10, seconds=6.5)
-    assert times == pytest.approx([0.0, 2.03, 4.06, 6.09], abs=0.07)  # the fake clock steps 0.05 s
+    assert times == pytest.approx([0.0, 2.1, 4.2, 6.3], abs=0.051)  # the fake clock steps 0.05 s
+
+
+def test_only_rates_under_120_per_minute_give_up_anything_for_jitter() -> None:
+    """From 120/min the server's bucket holds half a second more than the pacer's: exact pacing;
+    below, the interval grows by the slack missing to 0.1 s (at most that)."""
+    for per_minute in (120, 600, 30_000):
+        assert ratelimit._bucket_shape(per_minute, 1.0)[1] == pytest.approx(BURST_S)
+    assert ratelimit._bucket_shape(90, 1.0) == (1.0, pytest.approx(60 / 90))  # 0.33 s of slack
+    assert ratelimit._bucket_shape(60, 1.0) == (1.0, pytest.approx(1.1))  # none: all 0.1 s added
+    assert ratelimit._bucket_shape(50, 1.0) == (1.0, pytest.approx(1.3))
+
+
+async def test_a_guessed_rate_is_paced_a_little_under() -> None:
+    """A rate the client estimated itself (slow start, AIMD) is paced at 98.5 % of it."""
+    with patched_loop_time() as clock:
+        times = await acquisition_times(Pacer(30, share=0.985), clock, count=10, seconds=6.5)
+    assert times == pytest.approx([0.0, 2.03, 4.06, 6.09], abs=0.07)
 
 
 def test_bucket_is_half_a_second_of_the_paced_rate() -> None:
-    """Capacity is half a second of 98.5 % of the rate, never below 1."""
-    assert Pacer(600).capacity == pytest.approx(4.925)
-    assert Pacer(30_000).capacity == pytest.approx(246.25)
+    """Capacity is half a second of the paced rate, never below 1."""
+    assert Pacer(600).capacity == pytest.approx(5.0)
+    assert Pacer(30_000).capacity == pytest.approx(250.0)
+    assert Pacer(30_000, share=0.985).capacity == pytest.approx(246.25)
     assert Pacer(30).capacity == 1
+    with pytest.raises(ValueError, match="share"):
+        Pacer(600, share=1.5)
+
+
+async def paced_arrivals(per_minute: float, seconds: float, jitter_s: float, seed: int) -> list[float]:
+    """When requests paced by a real :class:`Pacer` under endless demand reach the server.
+
+    Each leaves when the pacer lets it (the fake clock steps 10 ms, so departures also bunch) and
+    arrives after a random delay in ``[0, jitter_s]``: network and server jitter.
+    """
+    rng = random.Random(seed)
+    arrivals: list[float] = []
+    with patched_loop_time() as clock:
+        pacer = Pacer(per_minute)
+
+        async def sender() -> None:
+            while True:
+                await pacer.acquire()
+                arrivals.append(clock.now + rng.uniform(0.0, jitter_s))
+
+        senders = [asyncio.create_task(sender()) for _ in range(64)]
+        await settle()
+        for _ in range(round(seconds / 0.01)):
+            clock.now = round(clock.now + 0.01, 9)
+            await settle(5)
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+    return sorted(arrivals)
+
+
+def served(arrivals: list[float], per_minute: float, burst_s: float) -> tuple[list[float], int]:
+    """Replay arrivals into the sandbox's bucket (the hosted API's shape): (accepted times, 429s)."""
+    bucket = TokenBucket(per_minute, burst_s, now=0.0)
+    accepted, refused = [], 0
+    for t in arrivals:
+        bucket.refill(t)
+        if bucket.wait_for(1.0) > 0:
+            refused += 1
+        else:
+            bucket.level -= 1.0
+            accepted.append(t)
+    return accepted, refused
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "jitter_s", "share"),
+    [(600, 0.1, 0.995), (600, 0.4, 0.995), (6000, 0.04, 0.995), (60, 0.1, 0.9)],
+)
+async def test_a_known_limit_is_used_whole_without_a_429_despite_jitter(
+    per_minute: int, jitter_s: float, share: float
+) -> None:
+    """Paced at exactly the limit, arrivals jittered by less than the half second of slack between the
+    pacer's bucket and the server's one-second bucket get no 429, and the server accepts the whole rate
+    (at 60/min, where both buckets hold one request, 1.1 s intervals: 90.9 %)."""
+    seconds = 40.0
+    arrivals = await paced_arrivals(per_minute, seconds, jitter_s, seed=per_minute)
+    accepted, refused = served(arrivals, per_minute, burst_s=1.0)
+    assert refused == 0
+    steady = sum(1 for t in accepted if 10.0 <= t < seconds - 1.0)
+    assert steady >= share * per_minute / 60.0 * (seconds - 11.0)
+
+
+async def test_a_bucket_as_big_as_the_servers_would_earn_429s_from_the_same_jitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control: with no slack (the pacer releasing a whole second at once, as the server's bucket
+    holds), the same pacing and jitter overflow the server's bucket."""
+    monkeypatch.setattr(ratelimit, "BURST_S", 1.0)
+    monkeypatch.setattr(ratelimit, "JITTER_S", 0.0)
+    arrivals = await paced_arrivals(600, 40.0, 0.4, seed=600)
+    _, refused = served(arrivals, 600, burst_s=1.0)
+    assert refused > 0
 
 
 async def test_amount_over_capacity_is_acquired_in_chunks() -> None:
@@ -260,6 +354,37 @@ def test_learned_limits_lower_the_pace_but_never_raise_it_past_the_job() -> None
     limits.learn({f"{prefix}requests-limit": "junk", f"{prefix}input-tokens-limit": "-5"})
     assert limits.requests.per_minute == 100
     assert limits.input_tokens is None
+
+
+async def test_a_low_remaining_header_holds_a_known_limit_back_until_the_server_has_refilled() -> None:
+    """While ``*-remaining`` says the server's bucket holds less than the pacer's burst, the pace is
+    95 % of the limit; once it holds that much again, the whole limit. Guessed paces are left alone."""
+    prefix = "anthropic-ratelimit-"
+    limits = RateLimits(
+        requests_per_minute=600, input_tokens_per_minute=300_000, output_tokens_per_minute=12_000
+    )
+    assert limits.requests is not None
+    assert limits.input_tokens is not None
+    assert limits.output_tokens is not None
+    low = {f"{prefix}requests-remaining": "4", f"{prefix}input-tokens-remaining": "2000"}
+    low[f"{prefix}output-tokens-remaining"] = "0"
+    limits.learn(low)
+    assert (limits.requests.holding_back, limits.input_tokens.holding_back) == (True, True)
+    # 12,000/min: a 100-token bucket, which a header rounded to 1,000 cannot see
+    assert limits.output_tokens.holding_back is False
+    with patched_loop_time() as clock:
+        held = await acquisition_times(limits.requests, clock, count=80, seconds=4.0)
+    assert sum(1 for t in held if 1.0 <= t < 3.0) == 19  # 9.5/s
+    limits.learn({f"{prefix}requests-remaining": "5", f"{prefix}input-tokens-remaining": "3000"})
+    assert (limits.requests.holding_back, limits.input_tokens.holding_back) == (False, False)
+    assert limits.requests.capacity == 5  # the bucket never changed size, only its refill
+    limits.learn({f"{prefix}requests-remaining": "junk"})
+    assert limits.requests.holding_back is False
+    guessed = Pacer(600, share=0.985)
+    aimd = RateLimits()
+    aimd.requests = guessed
+    aimd.learn({f"{prefix}requests-remaining": "0"})
+    assert guessed.holding_back is False
 
 
 def test_aimd_paces_under_the_accepted_rate_after_a_429_then_probes_up() -> None:

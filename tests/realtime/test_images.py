@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.server
 import io
@@ -10,12 +11,18 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 from PIL import Image
 
 from jobkit import image_bytes, invoke, write_job
+from pipeline.job.spec import load_job
+from pipeline.payloads import prepare as prepare_module
+from pipeline.payloads.images import ImagePolicy, PreparedImage, prepare_image
+from pipeline.realtime.run import RunOptions, run_job
 from pipeline.sandbox import running_sandbox
+from scripted import reply
 
 
 @pytest.fixture
@@ -140,3 +147,58 @@ def test_validate_checks_every_row_offline(tmp_path: Path) -> None:
     assert "row 3 (id c)" in result.output
     assert "3 rows, 1 images checked, 2 rows with problems" in result.output
     assert not (tmp_path / "out").exists()
+
+
+async def test_image_downloads_run_ahead_of_sending_while_decoding_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 16 requests allowed in flight, 16 image downloads overlap (preparing does not gate sending
+    at a handful of rows), while no more than CPU_SLOTS images are decoded at once."""
+    picture = image_bytes("JPEG", size=(2400, 1800))
+    downloading = decoding = 0
+    most_downloading = most_decoding = 0
+    lock = threading.Lock()
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        nonlocal downloading, most_downloading
+        if request.method == "GET":  # an image URL: slow, so that downloads pile up if allowed to
+            downloading += 1
+            most_downloading = max(most_downloading, downloading)
+            await asyncio.sleep(0.2)
+            downloading -= 1
+            return httpx.Response(200, content=picture, headers={"content-type": "image/jpeg"})
+        return await reply()(request)
+
+    def counted(data: bytes, policy: ImagePolicy, *, label: str) -> PreparedImage:
+        nonlocal decoding, most_decoding
+        with lock:
+            decoding += 1
+            most_decoding = max(most_decoding, decoding)
+        try:
+            return prepare_image(data, policy, label=label)
+        finally:
+            with lock:
+                decoding -= 1
+
+    monkeypatch.setattr(prepare_module, "prepare_image", counted)
+    rows = 40
+    pl.DataFrame({"id": range(rows), "img": [f"http://images.test/{i}.jpg" for i in range(rows)]}).write_csv(
+        tmp_path / "in.csv"
+    )
+    spec = load_job(
+        write_job(
+            tmp_path,
+            input="in.csv",
+            output="out",
+            id_column="id",
+            request={"model": "claude-haiku-4-5", "max_tokens": 16, "prompt": "Describe.", "images": ["img"]},
+            limits={"concurrency": 16},
+        )
+    )
+    options = RunOptions(
+        base_url="http://api.test", api_key="sk-test", input=spec.input, output=tmp_path / "out"
+    )
+    outcome = await run_job(spec, options, transport=httpx.MockTransport(api))
+    assert outcome.summary.rows_ok == rows
+    assert most_downloading == 16 > prepare_module.DEFAULT_SLOTS
+    assert 1 <= most_decoding <= prepare_module.CPU_SLOTS
