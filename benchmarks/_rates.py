@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 from _harness import Run, Sandbox, log, started
 
-FIRST_REQUEST_TIMEOUT_S = 60.0
+FIRST_REQUEST_TIMEOUT_S = 180.0  # a cluster run starts its workers before the first request
 GRACE_S = 5.0
 
 
@@ -90,15 +90,20 @@ def timed_run(
     sandbox_args: Sequence[str],
     write_inputs: Callable[[Path], Path],
     duration_s: float,
+    run_args: Sequence[str] = (),
 ) -> RateRun:
     """Start a sandbox and ``pipeline run``, let it send for ``duration_s`` from its first request,
     stop it with SIGTERM, and collect what both sides saw.
 
     :param write_inputs: writes the job and its input into ``directory``; returns the job path.
+    :param run_args: more ``pipeline run`` options (``--engine ray ...``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     job = write_inputs(directory)
-    with Sandbox(sandbox_args) as box, started(job, box.base_url, "--grace-s", str(GRACE_S)) as child:
+    with (
+        Sandbox(sandbox_args) as box,
+        started(job, box.base_url, "--grace-s", str(GRACE_S), *run_args) as child,
+    ):
         deadline = time.monotonic() + FIRST_REQUEST_TIMEOUT_S
         while box.requests_total() == 0:
             if child.poll() or time.monotonic() > deadline:

@@ -1,4 +1,4 @@
-"""The benchmark suite: the six targets of the performance issue, one table.
+"""The benchmark suite: the targets of the performance issues, one table.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only 1,3] [--json PATH] [--keep DIR]
 
@@ -10,6 +10,8 @@ Runs, in order, each in its own process (see each module's docstring for what it
 4. ``bench_images``: 12 MP JPEGs to 1568 px, ``prepare_image`` against plain Pillow, 1 and 2 threads.
 5. ``bench_memory``: peak RSS for 10,000 and 100,000 text rows, 1,000 and 10,000 image rows.
 6. ``bench_start_resume``: first request on a 1,000,000-row CSV; rerun of the finished 100,000-row job.
+7. ``bench_cluster``: the Ray engine on a two-node loopback cluster: one shared 1,200/min limit over 2
+   and 4 workers, and 12 MP image preparation with 1, 2 and 4 workers, each beside the local engine.
 
 Own processes keep the targets apart: a forked child's ``ru_maxrss`` starts at its parent's RSS, so
 the process that forks ``pipeline run`` must stay small (target 4 alone grows to ~400 MB).
@@ -17,8 +19,8 @@ the process that forks ``pipeline run`` must stay small (target 4 alone grows to
 Figures are reported, never asserted: the exit status is 0 however they come out (1 only when a
 benchmark itself broke). Everything talks to sandboxes on 127.0.0.1 in their own processes; each
 module stops what it started, and a module past its time budget is interrupted (SIGINT, so it
-cleans up), then its process group is killed. The full suite takes about 15 minutes, ``--quick``
-about 4. Progress goes to stderr, the table to stdout, followed by the CPU time other processes used
+cleans up), then its process group is killed. The full suite takes about 30 minutes, ``--quick``
+about 8. Progress goes to stderr, the table to stdout, followed by the CPU time other processes used
 meanwhile (the machine has 2 cores, so a test run elsewhere skews the figures).
 """
 
@@ -47,6 +49,7 @@ SUITES = [
     (4, "bench_images", 300),
     (5, "bench_memory", 900),
     (6, "bench_start_resume", 300),
+    (7, "bench_cluster", 1500),
 ]
 
 
@@ -75,7 +78,7 @@ def run_module(module: str, workdir: Path, *, quick: bool, budget_s: float) -> l
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs and fewer rows, for development")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated target numbers to run")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated target numbers to run")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
     args = parser.parse_args()

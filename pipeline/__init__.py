@@ -6,14 +6,14 @@ on first use (PEP 562), so ``import pipeline`` and ``pipeline --help`` load none
 libraries (polars, pyarrow, httpx, Pillow, aiohttp).
 
 How the package is laid out: the folders read as the flow, **job -> rows -> payloads -> api ->
-results**, with the two drivers side by side above them and the commands on top. A module imports
+results**, with the drivers side by side above them and the commands on top. A module imports
 only from its own layer or a lower one; ``tests/test_layers.py`` walks every import and fails on a
 cycle or an upward import. From the top down::
 
     cli, frames                          the command line; the Python API (Job, Sandbox)
     sandbox                              a fake of the API the CLI can start (see below)
     dryrun, review                       commands that only look: validate, estimate; status, export, report
-    realtime, batch                      the two drivers, siblings over one preparation path
+    realtime, batch, cluster             the drivers, siblings over one preparation path
     results                              (5) journal, compaction, output store and lock, schema, summary
     api                                  (4) every HTTP call to the provider, pacing, retries, errors
     payloads                             (3) row + job -> Messages payload; images; token estimates
@@ -40,7 +40,7 @@ _LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"payloads"}),
     frozenset({"api"}),
     frozenset({"results"}),
-    frozenset({"realtime", "batch"}),
+    frozenset({"realtime", "batch", "cluster"}),
     frozenset({"dryrun", "review"}),
     frozenset({"sandbox"}),
     frozenset({"cli", "frames", "__main__"}),
@@ -70,6 +70,7 @@ _EXPORTS = {
     "Sandbox": "pipeline.sandbox.block",
     "SpecError": "pipeline.errors",
     "load_job": "pipeline.job.spec",
+    "process_dataset": "pipeline.cluster.dataset",
     "run_batch": "pipeline.batch.run",
     "run_job": "pipeline.realtime.run",
 }
@@ -94,6 +95,7 @@ __all__ = [
     "Sandbox",
     "SpecError",
     "load_job",
+    "process_dataset",
     "run_batch",
     "run_job",
 ]
@@ -126,6 +128,7 @@ def __dir__() -> list[str]:
 if _typing.TYPE_CHECKING:
     from pipeline.batch.options import BatchOptions, BatchOutcome
     from pipeline.batch.run import run_batch
+    from pipeline.cluster.dataset import process_dataset
     from pipeline.errors import (
         ApiError,
         ConfigError,

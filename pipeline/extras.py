@@ -14,6 +14,8 @@ from pipeline.errors import ConfigError
 # extra -> the top-level modules it provides
 EXTRAS: dict[str, tuple[str, ...]] = {
     "sandbox": ("aiohttp",),
+    # the cluster engine (`--engine ray`) and `process_dataset`: Ray Core and Ray Data
+    "ray": ("ray",),
     # object storage (s3://, gs://, az://) for input, image cells and output
     "storage": ("obstore",),
 }

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying
 
+from pipeline.api.admission import Budgets, Gate
 from pipeline.api.classify import classify, error_from_event, one_line, parse_failure, transport_failure
 from pipeline.api.config import CONNECT_TIMEOUT_S, ClientConfig
 from pipeline.api.ratelimit import Pacer, PauseGate, RateLimits, loop_clock
@@ -61,6 +62,9 @@ class MessagesClient:
     :param on_retry: called with a :class:`RetryDetails` before every retry wait.
     :param clock: monotonic seconds for the shared pause and for latencies (default: the running loop's
         clock for the pause, a high-resolution timer for latencies).
+    :param limits: budgets shared with other clients (:mod:`pipeline.api.admission`), instead of the
+        client's own ``RateLimits`` built from ``config``.
+    :param gate: a pause shared with other clients, instead of the client's own ``PauseGate``.
     """
 
     def __init__(
@@ -71,8 +75,12 @@ class MessagesClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_retry: Callable[[RetryDetails], None] | None = None,
         clock: Callable[[], float] | None = None,
+        limits: Budgets | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.config = config
+        self._shared_limits = limits
+        self._shared_gate = gate
         self._transport = transport
         self._sleep = sleep
         self._on_retry = on_retry
@@ -80,8 +88,8 @@ class MessagesClient:
         self._policy = config.retry_policy()
         self._http: httpx.AsyncClient | None = None
         self._wire: Carrier | None = None
-        self._limits: RateLimits | None = None
-        self._gate: PauseGate | None = None
+        self._limits: Budgets | None = None
+        self._gate: Gate | None = None
         self._slots: asyncio.Semaphore | None = None
         self._count_pacer: Pacer | None = None
         self.requests_sent = 0  # HTTP requests started, retries included
@@ -106,15 +114,19 @@ class MessagesClient:
         )
         # what carries the API requests: aiohttp's pool, or the test's transport through self._http
         self._wire = open_carrier(config, self._http, pooled=self._transport is None)
-        self._limits = RateLimits(
-            requests_per_minute=config.requests_per_minute,
-            input_tokens_per_minute=config.input_tokens_per_minute,
-            output_tokens_per_minute=config.output_tokens_per_minute,
-            clock=self._clock,
-            slow_start=config.slow_start,
-            concurrency=config.concurrency,
-        )
-        self._gate = PauseGate(clock=self._clock or loop_clock(), sleep=self._sleep)
+        self._limits = self._shared_limits
+        if self._limits is None:
+            self._limits = RateLimits(
+                requests_per_minute=config.requests_per_minute,
+                input_tokens_per_minute=config.input_tokens_per_minute,
+                output_tokens_per_minute=config.output_tokens_per_minute,
+                clock=self._clock,
+                slow_start=config.slow_start,
+                concurrency=config.concurrency,
+            )
+        self._gate = self._shared_gate
+        if self._gate is None:
+            self._gate = PauseGate(clock=self._clock or loop_clock(), sleep=self._sleep)
         self._slots = asyncio.Semaphore(config.concurrency)
         return self
 
@@ -133,16 +145,16 @@ class MessagesClient:
         return self._require_open()[0]
 
     @property
-    def gate(self) -> PauseGate:
+    def gate(self) -> Gate:
         """The pause every send honours."""
         return self._require_open()[1]
 
     @property
-    def limits(self) -> RateLimits:
+    def limits(self) -> Budgets:
         """The run's request and token budgets."""
         return self._require_open()[2]
 
-    def _require_open(self) -> tuple[httpx.AsyncClient, PauseGate, RateLimits, asyncio.Semaphore]:
+    def _require_open(self) -> tuple[httpx.AsyncClient, Gate, Budgets, asyncio.Semaphore]:
         if self._http is None or self._gate is None or self._limits is None or self._slots is None:
             raise RuntimeError("MessagesClient is not open: use it inside `async with`")
         return self._http, self._gate, self._limits, self._slots

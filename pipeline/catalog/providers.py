@@ -141,6 +141,10 @@ PRESETS: dict[str, Provider] = {
 }
 # sent when a provider that does not check keys has none in the environment (never a real key)
 PLACEHOLDER_KEY = "no-key-needed"
+# what runs against the built-in sandbox send when no key is set (never a real key)
+SANDBOX_KEY = "sk-sandbox-not-a-real-key"
+# keys that are not secrets: a driver may hand these to its workers
+PUBLIC_KEYS = frozenset({PLACEHOLDER_KEY, SANDBOX_KEY})
 
 
 def preset(name: str) -> Provider:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from pipeline.catalog.providers import SANDBOX_KEY
 from pipeline.cli.support import (
     EXIT_OK,
     OUTPUT,
-    SANDBOX_KEY,
     api_key_for,
     exit_code,
     expected_errors,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.support import EXIT_OK, OUTPUT, SANDBOX_KEY, expected_errors
+from pipeline.catalog.providers import SANDBOX_KEY
+from pipeline.cli.support import EXIT_OK, OUTPUT, expected_errors
 from pipeline.errors import ConfigError
 
 

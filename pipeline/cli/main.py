@@ -85,6 +85,24 @@ def cli() -> None:
     "within 24 h; see the README). Default: the job's [api] mode.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="local: this process sends; ray: the workers of a Ray cluster, sharing one rate limit (see the "
+    "README). Default: the job's [run] engine.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    help="With --engine ray: the cluster (auto, or an address). Default: the job's [run] ray_address, "
+    "RAY_ADDRESS, else a local Ray instance for the run.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="With --engine ray: senders on the cluster. Default: the job's [run] workers, else one per CPU (at "
+    "most 16).",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="With --mode batch: wait until every batch has ended and is collected, with progress "
@@ -105,6 +123,9 @@ def run(
     max_error_rate: float,
     grace_s: float,
     mode: str | None,
+    engine: str | None,
+    ray_address: str | None,
+    workers: int | None,
     wait: bool,
     as_json: bool,
     verbose: int,
@@ -119,7 +140,14 @@ def run(
     setup_logging(verbose)
     prefer_system_allocator()
     spec = load_job(job)
+    on_ray = (engine or spec.run.engine) == "ray"
+    if on_ray:
+        require("ray", "--engine ray")
+    elif ray_address is not None or workers is not None:
+        raise ConfigError("--ray-address and --workers apply to --engine ray")
     if (mode or spec.api.mode) == "batch":
+        if on_ray:
+            raise ConfigError("--engine ray runs realtime jobs; batch mode (--mode batch) runs locally")
         run_batch_mode(
             spec,
             sandbox=sandbox,
@@ -152,7 +180,15 @@ def run(
             grace_s=grace_s,
             sandbox=sandbox,
         )
-        outcome = asyncio.run(run_job(spec, options))
+        if on_ray:
+            from pipeline.cluster.engine import ClusterOptions, run_on_ray
+
+            cluster = ClusterOptions(
+                address=ray_address or spec.run.ray_address, workers=workers or spec.run.workers
+            )
+            outcome = asyncio.run(run_on_ray(spec, options, cluster))
+        else:
+            outcome = asyncio.run(run_job(spec, options))
     summary = outcome.summary
     sent = summary.rows_ok + summary.rows_error
     code = exit_code(

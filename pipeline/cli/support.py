@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from pipeline.catalog.providers import SANDBOX_KEY
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.extras import require
 from pipeline.rows.storage import is_object_url
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from pipeline.job.spec import JobSpec
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-SANDBOX_KEY = "sk-sandbox-not-a-real-key"
 F = TypeVar("F", bound=Callable[..., Any])
 
 

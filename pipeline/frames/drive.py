@@ -50,7 +50,8 @@ def serving(spec: JobSpec, *, sandbox: bool, base_url: str | None, start: bool =
         needs no key).
     :raises ConfigError: two servers named, or no key (the CLI's message, naming ``sandbox=True``).
     """
-    from pipeline.cli.support import SANDBOX_KEY, api_key_for, server_url
+    from pipeline.catalog.providers import SANDBOX_KEY
+    from pipeline.cli.support import api_key_for, server_url
     from pipeline.sandbox.block import active_sandbox
 
     if sandbox and base_url:

@@ -1,9 +1,10 @@
 """Parses a job file (TOML) into a frozen ``JobSpec``.
 
 Owns: the job file's tables other than ``[request]`` (:mod:`pipeline.job.request`): ``[api]``,
-``[limits]``, ``[batch]``, ``[prices]``, ``[storage]``; reading and validating the file (unknown keys
-are errors that name the key); the checks that span tables (a provider's missing features); and
-resolving paths relative to the job file (URLs stay as they are). Opens no table and no network.
+``[limits]``, ``[batch]``, ``[prices]``, ``[storage]``, ``[run]``; reading and validating the file
+(unknown keys are errors that name the key); the checks that span tables (a provider's missing
+features); and resolving paths relative to the job file (URLs stay as they are). Opens no table and
+no network.
 """
 
 from __future__ import annotations
@@ -143,6 +144,21 @@ class PricesSpec(StrictModel):
     batch_multiplier: float | None = Field(default=None, gt=0, le=1)
 
 
+class RunSpec(StrictModel):
+    """The optional ``[run]`` table: which engine sends a realtime run's requests, and where.
+
+    ``local``: one process (the default). ``ray``: the workers of a Ray cluster, sharing one rate
+    limit (``pip install 'pipeline[ray]'``). None of it shapes an answer, so none of it feeds the
+    request fingerprint: a job may switch engines between runs and resume.
+    """
+
+    engine: Literal["local", "ray"] = "local"
+    # "auto", or a cluster's address; unset: RAY_ADDRESS, else a local Ray instance for the run
+    ray_address: str | None = Field(default=None, min_length=1)
+    # senders on the cluster; unset: one per CPU of the cluster, at most 16
+    workers: int | None = Field(default=None, ge=1, le=1024)
+
+
 class JobSpec(StrictModel):
     """A whole job file, with ``input`` and ``output`` resolved against the job file's folder."""
 
@@ -156,6 +172,7 @@ class JobSpec(StrictModel):
     batch: BatchSpec = BatchSpec()
     prices: PricesSpec | None = None
     storage: StorageSpec = StorageSpec()
+    run: RunSpec = RunSpec()
     source: str = Field(default="", exclude=True)
 
 

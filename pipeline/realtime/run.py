@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,20 +25,19 @@ from pipeline.catalog.prices import describe_price, price_for
 from pipeline.errors import ApiError, FatalApiError, PipelineError
 from pipeline.job.request import RequestSpec
 from pipeline.job.spec import JobSpec
-from pipeline.payloads.dedupe import Dedupe, shared_result
+from pipeline.payloads.dedupe import Dedupe
 from pipeline.payloads.prepare import Prepared, open_job_input, prepare_rows
 from pipeline.payloads.tokens import cache_shortfall
 from pipeline.payloads.transport import Transport, transport_for
-from pipeline.records import Result, Row, Sent, Summary
-from pipeline.results.journal import Journal
+from pipeline.records import Row, Summary
+from pipeline.results.conforming import send_conforming
 from pipeline.results.outputs import cache_folder, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress, View
+from pipeline.results.recorder import Recorder, RunTally
 from pipeline.results.schema import output_schema
 from pipeline.results.store import RerunPolicy, ResultStore
-from pipeline.results.summary import ResultTally
 from pipeline.results.uploads import FileMap, FilesTransport
-from pipeline.results.verdict import Verdict, judge
 from pipeline.rows.media import online_loader
 from pipeline.rows.memory import InputSource
 from pipeline.rows.reader import InputTable, SourcedRow, iter_rows
@@ -89,71 +87,6 @@ class _Work:
     payload: MessagePayload
     input_tokens: int
     key: str | None = None  # request_key, when identical requests are sent once
-
-
-@dataclass(slots=True)
-class _Tally(ResultTally):
-    """Running counts for the summary and the progress line: the results, plus rows to do and skipped."""
-
-    to_do: int = 0
-    skipped: int = 0
-
-
-class _Recorder:
-    """Journals each result the moment it exists, so a crash loses only requests in flight."""
-
-    def __init__(
-        self, journal: Journal, fingerprint: str, dedupe: Dedupe | None = None, max_tokens: int | None = None
-    ) -> None:
-        self.journal = journal
-        self.fingerprint = fingerprint
-        self.max_tokens = max_tokens  # what every request of this run is sent with
-        self.tally = _Tally()
-        self.dedupe = dedupe
-
-    def shared(self, row: Row, leader: Result) -> None:
-        """``row`` asked exactly what ``leader.row`` asked: the leader's result is its own."""
-        self._record(shared_result(leader, row))
-
-    def answered(self, row: Row, sent: Sent, verdict: Verdict | None = None) -> None:
-        """A reply: ``ok``, or an error row of the verdict's type that keeps the answer and its tokens."""
-        self._record(
-            Result(
-                row=row,
-                status="ok" if verdict is None else "error",
-                finished_at=datetime.now(UTC),
-                fingerprint=self.fingerprint,
-                reply=sent.reply,
-                attempts=sent.attempts,
-                latency_ms=round(sent.latency_ms, 1),
-                error_type=None if verdict is None else verdict.error_type,
-                error_message=None if verdict is None else verdict.message,
-                max_tokens=self.max_tokens,
-            )
-        )
-
-    def error(self, row: Row, error_type: str, message: str, attempts: int) -> None:
-        self._record(
-            Result(
-                row=row,
-                status="error",
-                finished_at=datetime.now(UTC),
-                fingerprint=self.fingerprint,
-                attempts=attempts,
-                error_type=error_type,
-                error_message=message,
-                max_tokens=self.max_tokens,
-            )
-        )
-
-    def _record(self, result: Result) -> None:
-        batch = [result]
-        if self.dedupe is not None:
-            # a leader and the rows waiting for it reach the journal in one batch: a crash keeps all or none
-            batch += [shared_result(result, row) for row in self.dedupe.settle(result)]
-        self.journal.append(batch)
-        for item in batch:
-            self.tally.add(item)
 
 
 async def run_job(
@@ -223,7 +156,7 @@ async def _run_locked(
     settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
     store.note_job(spec, options.input)  # lets `pipeline report` find the images
     journal = store.new_journal(output_schema(table.arrow_schema, request))
-    recorder = _Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
+    recorder = Recorder(journal, fingerprint, Dedupe() if request.dedupes else None, request.max_tokens)
     if request.cache and (note := cache_shortfall(request)):
         log.warning("%s", note)
     limits = spec.limits
@@ -325,7 +258,7 @@ class _Run:
         settled: dict[str, str],
         request: RequestSpec,
         client: MessagesClient,
-        recorder: _Recorder,
+        recorder: Recorder,
         media: Transport,
         storage: ObjectStorage,
     ) -> None:
@@ -438,7 +371,14 @@ class _Run:
                 continue
             self.in_flight += 1
             try:
-                sent, verdict = await self._send_conforming(work)
+                sent, verdict = await send_conforming(
+                    self.client,
+                    self.request,
+                    work.payload,
+                    input_tokens=work.input_tokens,
+                    row_id=work.row.row_id,
+                    stopping=lambda: self.stopping,
+                )
             except FatalApiError:
                 raise
             except ApiError as exc:
@@ -451,40 +391,13 @@ class _Run:
             finally:
                 self.in_flight -= 1
 
-    async def _send_conforming(self, work: _Work) -> tuple[Sent, Verdict | None]:
-        """Send, and send again while the answer breaks its schema (up to ``schema_attempts``).
-
-        Returns the last reply, with the attempts and tokens of every try added up (all were paid
-        for), and its verdict (None: a success). An answer cut off, refused or out of context is not
-        sent again: the same request would end the same way.
-        """
-        sent = await self.client.send(work.payload, input_tokens=work.input_tokens)
-        verdict = judge(self.request, sent.reply)
-        tries = 1
-        while (
-            verdict is not None
-            and verdict.resend
-            and tries < self.request.schema_attempts
-            and not self.stopping
-        ):
-            log.debug("row %s: %s; sending again", work.row.row_id, verdict.message)
-            again = await self.client.send(work.payload, input_tokens=work.input_tokens)
-            sent = Sent(
-                reply=replace(again.reply, usage=sent.reply.usage + again.reply.usage),
-                attempts=sent.attempts + again.attempts,
-                latency_ms=again.latency_ms,
-            )
-            verdict = judge(self.request, sent.reply)
-            tries += 1
-        return sent, verdict
-
 
 def _cancel(*tasks: asyncio.Task[None]) -> None:
     for task in tasks:
         task.cancel()
 
 
-async def _report_progress(tally: _Tally) -> None:
+async def _report_progress(tally: RunTally) -> None:
     started = time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)

@@ -153,6 +153,11 @@ class ObjectResultStore(ResultStore):
             return None
         return record.describe() if record is not None else None
 
+    def refresh(self) -> None:
+        """Mirror the bucket again while holding the output: the segments other processes of this run
+        uploaded (a cluster's senders), after uploading what any of them left staged on this machine."""
+        self._pull()
+
     def _guard(self) -> None:
         self.lease.check()
 
@@ -281,13 +286,13 @@ class ObjectResultStore(ResultStore):
 
     # ------------------------------------------------------------------ results
 
-    def new_journal(self, schema: pa.Schema) -> Journal:
+    def new_journal(self, schema: pa.Schema, *, writer: str | None = None) -> Journal:
         """A journal that becomes segments in the bucket as the run goes (``[storage] segment_*``)."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return SegmentedJournal(
             self.journal_dir,
             schema,
-            stem=f"{stamp}-{os.getpid()}",
+            stem=f"{stamp}-{writer or os.getpid()}",
             uploader=self.uploader,
             every_rows=self.spec.segment_rows,
             every_s=self.spec.segment_s,

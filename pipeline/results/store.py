@@ -135,10 +135,14 @@ class ResultStore:
                 f"cannot write to output directory {self.directory}: {exc.strerror or exc}"
             ) from None
 
-    def new_journal(self, schema: pa.Schema) -> Journal:
-        """A journal for this run, named so that journals sort in the order they were started."""
+    def new_journal(self, schema: pa.Schema, *, writer: str | None = None) -> Journal:
+        """A journal for this run, named so that journals sort in the order they were started.
+
+        :param writer: who writes it, when several processes of one run do (a cluster's senders, on
+            several machines: a pid alone could repeat); default: this process's pid.
+        """
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return Journal(self.journal_dir / f"{stamp}-{os.getpid()}.arrows", schema)
+        return Journal(self.journal_dir / f"{stamp}-{writer or os.getpid()}.arrows", schema)
 
     def journals(self) -> list[Path]:
         """Existing journals, oldest first."""

@@ -25,15 +25,21 @@ class ResultTally:
 
     def add(self, result: Result) -> None:
         """Count one recorded result."""
-        if result.shared_with is not None:
+        usage = result.reply.usage if result.reply is not None else None
+        self.add_outcome(result.status, result.error_type, shared=result.shared_with is not None, usage=usage)
+
+    def add_outcome(
+        self, status: str, error_type: str | None, *, shared: bool = False, usage: Usage | None = None
+    ) -> None:
+        """Count one result from its parts (a result read back from a journal, or reported by a worker)."""
+        if shared:
             self.shared += 1
-        if result.status == "ok":
+        if status == "ok":
             self.ok += 1
         else:
             self.error += 1
-            self.errors_by_type[result.error_type or "unknown"] += 1
-        if result.reply is not None:
-            usage = result.reply.usage
+            self.errors_by_type[error_type or "unknown"] += 1
+        if usage is not None:
             self.input_tokens += usage.input_tokens
             self.output_tokens += usage.output_tokens
             self.cache_creation += usage.cache_creation_input_tokens

@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +54,8 @@ __all__ = [
     "check_file",
     "check_ids",
     "checked_table",
+    "count_rows",
+    "file_table",
     "find_files",
     "iter_rows",
     "media_of",
@@ -454,23 +456,32 @@ def row_id(values: Mapping[str, Any], columns: Sequence[str], id_column: str | N
 
 
 def iter_rows(
-    table: InputTable, *, batch_size: int | None = None, limit: int | None = None
+    table: InputTable,
+    *,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    first_index: int = 0,
+    seen: set[str] | None = None,
 ) -> Iterator[SourcedRow]:
     """Yield rows in input order, batch by batch.
 
     Without an id column, identical rows get ``-2``, ``-3``... suffixes so every row keeps its own id
     (so do repeated WebDataset keys: a streamed input is not read twice to refuse them).
+
+    :param first_index: the index of the table's first row, when the table is a part of a larger input
+        read apart (:func:`file_table`): rows keep the indexes they have in the whole input.
+    :param seen: row ids already given to earlier rows of the whole input (when ids are made unique).
     """
     rows = batch_size or table.batch_rows
-    seen: set[str] = set()
-    index = 0
+    seen = set() if seen is None else seen
+    index = first_index
     bases: dict[str, tuple[Path, str | None]] = {}
     try:
         for batch in _batches(table, rows, limit):
             sources = batch[SOURCE_COLUMN].to_list() if SOURCE_COLUMN in batch.columns else None
             values = batch.select(table.columns).rows(named=True)
             for position, cells in enumerate(values):
-                if limit is not None and index >= limit:
+                if limit is not None and index - first_index >= limit:
                     return
                 raw: Mapping[str, Any] = {}
                 size = 0
@@ -491,6 +502,45 @@ def iter_rows(
         raise InputError(explain(exc, table.files, after_row=index, where=table.label)) from None
     except ObjectStoreError as exc:
         raise InputError(f"cannot read {table.describe()} after row {index}: {exc}") from None
+
+
+def file_table(table: InputTable, item: Path | str, storage: ObjectStorage | None = None) -> InputTable:
+    """One file of a table input as a table of its own, to be read apart from the others (a cluster's
+    read task).
+
+    Its columns are the whole table's, as one read of every file would give them: a column only other
+    files have is null here, and each column has the type the files' types widen to.
+    """
+    assert table.frame is not None
+    assert table.kind == "table"
+    schema = table.frame.collect_schema()
+    if isinstance(item, Path):
+        scan = scan_table(item)
+    else:
+        storage = storage or ObjectStorage()
+        scan = scan_table(item, storage.settings.polars_options(item))
+    own = scan.collect_schema()
+    columns = [_conformed(name, dtype, own) for name, dtype in schema.items()]
+    return replace(table, files=(item,), frame=scan.select(columns))
+
+
+def _conformed(name: str, dtype: pl.DataType, own: pl.Schema) -> pl.Expr:
+    if name not in own:
+        return pl.lit(None, dtype=dtype).alias(name)
+    return pl.col(name) if own[name] == dtype else pl.col(name).cast(dtype)
+
+
+def count_rows(table: InputTable) -> int:
+    """How many rows ``table`` holds (a pass over the input; Parquet answers from its footer; a
+    streamed input is read through)."""
+    try:
+        if table.frame is None:
+            return sum(batch.height for batch in _batches(table, table.batch_rows, None))
+        return int(table.frame.select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(explain(exc, table.files)) from None
+    except ObjectStoreError as exc:
+        raise InputError(f"cannot read {table.describe()}: {exc}") from None
 
 
 def _batches(table: InputTable, rows: int, limit: int | None) -> Iterator[pl.DataFrame]:

@@ -23,6 +23,7 @@ from fakes import FakeClock
 from pipeline.api import client as client_module
 from pipeline.api.classify import classify, html_summary, parse_retry_after
 from pipeline.api.client import ClientConfig, MessagesClient
+from pipeline.api.ratelimit import PauseGate, RateLimits
 from pipeline.api.retry import RetryDetails, RetryPolicy
 from pipeline.errors import ApiError, FatalApiError, PermanentApiError, RetryableApiError
 from pipeline.records import ToolCall, Usage
@@ -572,6 +573,42 @@ async def test_429_retry_after_pauses_a_concurrent_sender() -> None:
     assert first_b >= 2.0  # without the gate it would have gone out at 0.0
     # one sleep is the retrying sender's backoff, the other the second sender waiting at the gate
     assert clock.sleeps == [2.0, 2.0]
+
+
+async def test_clients_handed_one_gate_share_the_pause_of_a_429() -> None:
+    """Two clients handed one PauseGate and RateLimits: a 429 answered to one holds the other's sends."""
+    clock = FakeClock()
+    arrivals: list[tuple[str, float]] = []
+    retried = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        tag = json.loads(request.content)["messages"][0]["content"][0]["text"]
+        arrivals.append((tag, clock.now))
+        if arrivals == [("a", 0.0)]:
+            return await api_error(429, "rate_limit_error", retry_after="3")(request)
+        return await reply()(request)
+
+    gate = PauseGate(clock=clock, sleep=clock.sleep)
+    limits = RateLimits(clock=clock)
+    config = ClientConfig(base_url=BASE, api_key=KEY, slow_start=False)
+    transport = httpx.MockTransport(ScriptedApi(handler))
+
+    def client(**extra: Any) -> MessagesClient:
+        return MessagesClient(
+            config, transport=transport, sleep=clock.sleep, clock=clock, limits=limits, gate=gate, **extra
+        )
+
+    one, two = client(on_retry=lambda details: retried.set()), client()
+    async with one, two:
+        assert one.gate is gate
+        assert two.gate is gate
+        assert two.limits is limits
+        first = asyncio.create_task(one.send(payload("a"), input_tokens=1))
+        await retried.wait()  # client one has seen its 429
+        second = await two.send(payload("b"), input_tokens=1)
+        assert (await first).attempts == 2
+    assert second.attempts == 1
+    assert next(at for tag, at in arrivals if tag == "b") >= 3.0  # held by the other client's 429
 
 
 async def test_429_without_retry_after_pauses_for_the_backoff() -> None:

@@ -13,7 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline.errors import InputError
-from pipeline.rows.reader import iter_rows, open_input, row_id, value_hash
+from pipeline.rows.reader import count_rows, file_table, iter_rows, open_input, row_id, value_hash
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -31,6 +31,29 @@ def test_csv_jsonl_parquet_and_glob(tmp_path: Path) -> None:
     assert [r.row_id for r in rows] == ["1", "2", "3", "4"]
     assert [r.index for r in rows] == [0, 1, 2, 3]
     assert rows[0].values == {"id": "1", "text": "hello"}
+
+
+def test_files_read_apart_give_the_rows_of_one_read(tmp_path: Path) -> None:
+    """Each file read on its own (file_table, first_index, seen) yields exactly the rows one read yields."""
+    _csv(tmp_path / "a.csv", "id,text,extra\n1,hello,x\n2,world,y\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"id": 3, "text": "z"}) + "\n")  # an int id, no 'extra'
+    pl.DataFrame({"id": ["4", "5"], "text": ["hello", "hello"]}).write_parquet(tmp_path / "c.parquet")
+    for id_column in ("id", None):
+        if id_column is None:  # the same row in two files: the hashed ids need the suffix of one read
+            _csv(tmp_path / "d.csv", "id,text,extra\n1,hello,x\n")
+        table = open_input(str(tmp_path / "*"), id_column=id_column, needed={"text": "request.prompt"})
+        whole = [sourced.row for sourced in iter_rows(table)]
+        apart: list[Any] = []
+        seen: set[str] = set()
+        first = 0
+        for path in table.files:
+            part = file_table(table, path)
+            apart += [sourced.row for sourced in iter_rows(part, first_index=first, seen=seen)]
+            first += count_rows(part)
+        assert apart == whole
+        assert count_rows(table) == len(whole)
+    assert whole[2].values == {"id": "3", "text": "z", "extra": None}
+    assert whole[-1].row_id == f"{whole[0].row_id}-2"
 
 
 def test_csv_keeps_text_ids_and_embedded_newlines(tmp_path: Path) -> None:
