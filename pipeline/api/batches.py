@@ -28,9 +28,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from pipeline.api.classify import classify, describe, one_line, transport_failure
+from pipeline.api.classify import classify, describe, json_object, transport_failure
 from pipeline.api.config import CONNECT_TIMEOUT_S, ClientConfig
-from pipeline.api.retry import RetryDetails
 from pipeline.errors import ApiError, CreateUnconfirmed, RetryableApiError
 
 log = logging.getLogger("pipeline.batch")
@@ -182,7 +181,7 @@ class BatchesApi:
 
             async def attempt(params: dict[str, str] = params) -> dict[str, Any]:
                 response = await self._send("GET", self._url(), params=params)
-                return self._json(response)
+                return json_object(response)
 
             page = await self._retrying(attempt, what="list")
             data = page.get("data")
@@ -235,48 +234,17 @@ class BatchesApi:
             raise self._clean(classify(response.status_code, response.headers, response.content))
         return response
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            text = one_line(response.text, 80)
-            raise RetryableApiError(
-                f"answer is not JSON: {text!r}", status=response.status_code, error_type="parse_error"
-            ) from None
-        if not isinstance(data, dict):
-            raise RetryableApiError(
-                "answer is not a JSON object", status=response.status_code, error_type="parse_error"
-            )
-        return data
-
     def _batch(self, response: httpx.Response) -> BatchInfo:
         if not response.is_success:
             raise self._clean(classify(response.status_code, response.headers, response.content))
         try:
-            return BatchInfo.from_json(self._json(response))
+            return BatchInfo.from_json(json_object(response))
         except ValueError as exc:
             raise RetryableApiError(str(exc), status=response.status_code, error_type="parse_error") from None
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``call`` under the retry policy every provider call shares (:mod:`pipeline.api.retry`)."""
-
-        def before_sleep(details: RetryDetails) -> None:
-            log.info(
-                "batch %s failed (attempt %d): %s; retrying in %.1f s",
-                what,
-                details.attempt,
-                details.error,
-                details.wait_s,
-            )
-
-        async for attempt in self._policy.retrying(sleep=self._sleep, before_sleep=before_sleep):
-            with attempt:
-                try:
-                    return await call()
-                except ApiError as error:
-                    error.attempts = attempt.retry_state.attempt_number
-                    raise
-        raise AssertionError("the retry loop ends by returning or raising")
+        return await self._policy.call(call, sleep=self._sleep, log=log, what=f"batch {what}")
 
     def _clean(self, error: ApiError) -> ApiError:
         """Blank the key out of a server-supplied message (a proxy may echo headers)."""

@@ -241,6 +241,19 @@ def parse_failure(message: str, status: int, request_id: str | None = None) -> R
     return RetryableApiError(message, status=status, error_type="parse_error", request_id=request_id)
 
 
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """A successful answer's JSON object; anything else is a :func:`parse_failure`."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise parse_failure(
+            f"answer is not JSON: {one_line(response.text, 80)!r}", response.status_code
+        ) from None
+    if not isinstance(data, dict):
+        raise parse_failure("answer is not a JSON object", response.status_code)
+    return data
+
+
 def transport_failure(
     exc: httpx.HTTPError, *, timeout_s: float, connect_timeout_s: float
 ) -> RetryableApiError:

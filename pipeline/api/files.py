@@ -22,10 +22,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from pipeline.api.classify import classify, one_line, transport_failure
+from pipeline.api.classify import classify, json_object, transport_failure
 from pipeline.api.config import CONNECT_TIMEOUT_S, FILES_API_BETA, ClientConfig
-from pipeline.api.retry import RetryDetails
-from pipeline.errors import ApiError, PermanentApiError, RetryableApiError
+from pipeline.errors import PermanentApiError, RetryableApiError
 
 log = logging.getLogger("pipeline.files")
 
@@ -153,7 +152,7 @@ class FilesApi:
 
             async def attempt(params: dict[str, str] = params) -> dict[str, Any]:
                 response = await self._send("GET", self.config.url(FILES_PATH), params=params)
-                return self._json(response)
+                return json_object(response)
 
             page = await self._retrying(attempt, what="list")
             data = page.get("data")
@@ -192,44 +191,12 @@ class FilesApi:
             raise self.config.redact(classify(response.status_code, response.headers, response.content))
         return response
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            raise RetryableApiError(
-                f"answer is not JSON: {one_line(response.text, 80)!r}",
-                status=response.status_code,
-                error_type="parse_error",
-            ) from None
-        if not isinstance(data, dict):
-            raise RetryableApiError(
-                "answer is not a JSON object", status=response.status_code, error_type="parse_error"
-            )
-        return data
-
     def _file(self, response: httpx.Response) -> FileInfo:
         try:
-            return FileInfo.from_json(self._json(response))
+            return FileInfo.from_json(json_object(response))
         except ValueError as exc:
             raise RetryableApiError(str(exc), status=response.status_code, error_type="parse_error") from None
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``call`` under the retry policy every provider call shares (:mod:`pipeline.api.retry`)."""
-
-        def before_sleep(details: RetryDetails) -> None:
-            log.info(
-                "files %s failed (attempt %d): %s; retrying in %.1f s",
-                what,
-                details.attempt,
-                details.error,
-                details.wait_s,
-            )
-
-        async for attempt in self._policy.retrying(sleep=self._sleep, before_sleep=before_sleep):
-            with attempt:
-                try:
-                    return await call()
-                except ApiError as error:
-                    error.attempts = attempt.retry_state.attempt_number
-                    raise
-        raise AssertionError("the retry loop ends by returning or raising")
+        return await self._policy.call(call, sleep=self._sleep, log=log, what=f"files {what}")

@@ -10,9 +10,11 @@ is given here.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -23,6 +25,8 @@ from tenacity import (
 )
 
 from pipeline.errors import ApiError, RetryableApiError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,34 @@ class RetryPolicy:
             before_sleep=hook,
             reraise=True,
         )
+
+    async def call(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        sleep: Callable[[float], Awaitable[None]],
+        log: logging.Logger,
+        what: str,
+    ) -> T:
+        """Run ``call`` under this policy, logging each wait; the error carries its attempt count."""
+
+        def before_sleep(details: RetryDetails) -> None:
+            log.info(
+                "%s failed (attempt %d): %s; retrying in %.1f s",
+                what,
+                details.attempt,
+                details.error,
+                details.wait_s,
+            )
+
+        async for attempt in self.retrying(sleep=sleep, before_sleep=before_sleep):
+            with attempt:
+                try:
+                    return await call()
+                except ApiError as error:
+                    error.attempts = attempt.retry_state.attempt_number
+                    raise
+        raise AssertionError("the retry loop ends by returning or raising")
 
 
 def failure(state: RetryCallState) -> ApiError:
