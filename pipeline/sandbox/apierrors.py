@@ -44,6 +44,23 @@ def error_body(
     return {"type": "error", "error": error, "request_id": request_id}
 
 
+def json_reply(body: dict[str, Any], request_id: str, status: int = 200) -> web.Response:
+    """A JSON answer with the ``request-id`` header the hosted API sends on every response."""
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type=JSON_TYPE,
+        headers={"request-id": request_id},
+    )
+
+
+def error_reply(err: RequestError, request_id: str) -> web.Response:
+    """The hosted API's answer to a refused request."""
+    return json_reply(
+        error_body(err.error_type, err.message, request_id, err.details), request_id, err.status
+    )
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, read in chunks up to ``limit`` bytes: the API's 413 past it, its 400 for non-JSON."""
     too_large = RequestError(

@@ -30,7 +30,13 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.sandbox.answers import anthropic_message, make_answer, new_id, request_digest
-from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, decode_json, error_body, read_body
+from pipeline.sandbox.apierrors import (
+    RequestError,
+    decode_json,
+    error_reply,
+    json_reply,
+    read_body,
+)
 from pipeline.sandbox.config import SandboxConfig
 from pipeline.sandbox.models import known_facts
 from pipeline.sandbox.rules import check_known_model, check_rules
@@ -180,13 +186,7 @@ def add_batch_routes(
                 authenticate(request, store.config)
                 return await handler(request)
             except RequestError as err:
-                body = error_body(err.error_type, err.message, request_id, err.details)
-                return web.Response(
-                    status=err.status,
-                    body=json.dumps(body).encode(),
-                    content_type=JSON_TYPE,
-                    headers={"request-id": request_id},
-                )
+                return error_reply(err, request_id)
 
         return wrapper
 
@@ -299,12 +299,7 @@ def _origin(request: web.Request) -> str:
 
 
 def _reply(body: dict[str, Any]) -> web.Response:
-    return web.Response(
-        status=200,
-        body=json.dumps(body).encode(),
-        content_type=JSON_TYPE,
-        headers={"request-id": new_id("req")},
-    )
+    return json_reply(body, new_id("req"))
 
 
 def _find(store: BatchStore, batch_id: str) -> _Batch:

@@ -12,7 +12,6 @@ prove that each distinct image was uploaded once.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.sandbox.answers import new_id
-from pipeline.sandbox.apierrors import JSON_TYPE, RequestError, error_body
+from pipeline.sandbox.apierrors import RequestError, error_reply, json_reply
 from pipeline.sandbox.config import SandboxConfig
 
 FILES_BETA = "files-api-2025-04-14"
@@ -110,13 +109,7 @@ def add_file_routes(
                 require_files_beta(request, "The Files API")
                 return await handler(request)
             except RequestError as err:
-                body = error_body(err.error_type, err.message, request_id, err.details)
-                return web.Response(
-                    status=err.status,
-                    body=json.dumps(body).encode(),
-                    content_type=JSON_TYPE,
-                    headers={"request-id": request_id},
-                )
+                return error_reply(err, request_id)
 
         return wrapper
 
@@ -208,9 +201,4 @@ def _now() -> str:
 
 
 def _reply(body: dict[str, Any]) -> web.Response:
-    return web.Response(
-        status=200,
-        body=json.dumps(body).encode(),
-        content_type=JSON_TYPE,
-        headers={"request-id": new_id("req")},
-    )
+    return json_reply(body, new_id("req"))
