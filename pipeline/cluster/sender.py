@@ -20,6 +20,7 @@ argument of a task or an actor, nor part of a runtime environment, which Ray log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -228,7 +229,25 @@ class Sending:
         """Send nothing new: the run is stopping, or this worker's node is lost (its raylet, the
         worker's parent, is gone: Ray runs this worker's batch again elsewhere, and a worker that
         went on sending would pay for its rows twice)."""
-        return self.budgets.stopped is not None or self.fatal is not None or os.getppid() != self._raylet
+        return self.budgets.stopped is not None or self.fatal is not None or self.node_lost
+
+    @property
+    def node_lost(self) -> bool:
+        """This worker's raylet (its parent) is gone: the cluster counts its node as dead."""
+        return os.getppid() != self._raylet
+
+    async def _end_with_node(self) -> None:
+        """A batch cut short on a lost node must never come back as done: Ray would take it as
+        finished and its unsent rows would have no result, in a run that says it succeeded. End the
+        process, as the node's end would (Ray runs the batch again elsewhere); first tell the registry
+        what is journalled, so the retry resends only what was in flight."""
+        outcomes, self._answered = self._answered, []
+        if outcomes:
+            reply = self.plan.registry.answered.remote(outcomes)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_delivered(reply), 5)
+        log.warning("%s: this worker's node is lost; its batch runs again elsewhere", self.name)
+        os._exit(1)
 
     async def process(self, rows: Sequence[SourcedRow]) -> tuple[list[Result], list[Outcome]]:
         """Send a batch's rows; their results, and the outcomes of rows answered by an earlier try of it."""
@@ -268,6 +287,8 @@ class Sending:
             self._running -= 1
             if not self._running:
                 self._idle.set()
+        if self.node_lost and self.budgets.stopped is None and self.fatal is None:
+            await self._end_with_node()
         self.budgets.flush()
         self._send_answered()
         if self._ending and self._staged and not self._running:
@@ -348,6 +369,11 @@ class Sending:
         if self._answered:
             outcomes, self._answered = self._answered, []
             self.plan.registry.answered.remote(outcomes)
+
+
+async def _delivered(reply: Any) -> None:
+    """Wait for an actor call's reply (a Ray ObjectRef is awaitable)."""
+    await reply
 
 
 class _BatchSink:
