@@ -44,6 +44,18 @@ def error_body(
     return {"type": "error", "error": error, "request_id": request_id}
 
 
+def cursor_window(ids: list[str], query: Any, limit: int) -> tuple[int, int]:
+    """The ``start, stop`` of a list page, as the API pages by ``after_id`` / ``before_id``: after
+    an id, the next ``limit``; before one, the ``limit`` just before it; an unknown id, nothing."""
+    start, stop = 0, len(ids)
+    if (after := query.get("after_id")) is not None:
+        start = ids.index(after) + 1 if after in ids else len(ids)
+    if (before := query.get("before_id")) is not None:
+        stop = ids.index(before) if before in ids else 0
+        start = max(start, stop - limit)
+    return start, stop
+
+
 def json_reply(body: dict[str, Any], request_id: str, status: int = 200) -> web.Response:
     """A JSON answer with the ``request-id`` header the hosted API sends on every response."""
     return web.Response(

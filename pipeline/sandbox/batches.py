@@ -32,6 +32,7 @@ from aiohttp import web
 from pipeline.sandbox.answers import anthropic_message, make_answer, new_id, request_digest
 from pipeline.sandbox.apierrors import (
     RequestError,
+    cursor_window,
     decode_json,
     error_reply,
     json_reply,
@@ -236,12 +237,7 @@ def add_batch_routes(
         with store._lock:
             newest_first = [b for b in reversed(store.batches.values()) if not b.deleted]
         ids = [b.id for b in newest_first]
-        start, stop = 0, len(newest_first)
-        if (after := request.query.get("after_id")) is not None:
-            start = ids.index(after) + 1 if after in ids else len(ids)
-        if (before := request.query.get("before_id")) is not None:
-            stop = ids.index(before) if before in ids else 0
-            start = max(start, stop - limit)
+        start, stop = cursor_window(ids, request.query, limit)
         page = newest_first[start:stop][:limit]
         return _reply(
             {

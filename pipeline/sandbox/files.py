@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.sandbox.answers import new_id
-from pipeline.sandbox.apierrors import RequestError, error_reply, json_reply
+from pipeline.sandbox.apierrors import RequestError, cursor_window, error_reply, json_reply
 from pipeline.sandbox.config import SandboxConfig
 
 FILES_BETA = "files-api-2025-04-14"
@@ -152,12 +152,7 @@ def add_file_routes(
         with store._lock:
             newest_first = list(reversed(store.files.values()))
         ids = [item.id for item in newest_first]
-        start, stop = 0, len(newest_first)
-        if (after := request.query.get("after_id")) is not None:
-            start = ids.index(after) + 1 if after in ids else len(ids)
-        if (before := request.query.get("before_id")) is not None:
-            stop = ids.index(before) if before in ids else 0
-            start = max(start, stop - limit)
+        start, stop = cursor_window(ids, request.query, limit)
         page = newest_first[start:stop][:limit]
         return _reply(
             {

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.catalog.models import EFFORT_LEVELS, THINKING_TYPES, ModelFacts, model_table
-from pipeline.sandbox.apierrors import RequestError
+from pipeline.sandbox.apierrors import RequestError, cursor_window
 
 _DATED = re.compile(r"-\d{8}$")
 LINES = ("haiku", "sonnet", "opus", "fable", "mythos")
@@ -125,17 +125,12 @@ def page(query: Any) -> dict[str, Any]:
     wanted = _lifecycles(query)
     entries = [(i, f) for i, f in listed_ids() if (f.lifecycle or "active") in wanted]
     ids = [model_id for model_id, _ in entries]
-    start, stop = 0, len(entries)
-    if (after := query.get("after_id")) is not None:
-        start = ids.index(after) + 1 if after in ids else len(ids)
-    if (before := query.get("before_id")) is not None:
-        stop = ids.index(before) if before in ids else 0
-        start = max(start, stop - limit)
+    start, stop = cursor_window(ids, query, limit)
     chosen = entries[start:stop][:limit]
     data = [model_info(model_id, facts) for model_id, facts in chosen]
     return {
         "data": data,
-        "has_more": (start + len(chosen) < stop) if before is None else start > 0,
+        "has_more": (start + len(chosen) < stop) if query.get("before_id") is None else start > 0,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
