@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,9 @@ log = logging.getLogger("pipeline.run")
 
 # in-flight admissions the actor serves at once: every worker's waiting requests, with room to spare
 MAX_WAITING = 10_000
+
+
+NODE_LOST = "this worker's node is lost"
 
 
 class SendingStopped(Exception):
@@ -273,11 +276,13 @@ class SharedBudgets:
     """A worker client's budgets, admitted by the cluster's limiter (:class:`pipeline.api.admission.Budgets`).
 
     Create it inside the worker's event loop. ``watch`` a client to have its request and retry counts
-    reported with the notes.
+    reported with the notes. ``lost`` says when this worker's node is gone: an admission then sends
+    nothing, however long the request waited for it (see :meth:`acquire`).
     """
 
-    def __init__(self, limiter: Any) -> None:
+    def __init__(self, limiter: Any, lost: Callable[[], bool] = lambda: False) -> None:
         self._limiter = limiter
+        self._lost = lost
         self._notes: list[Note] = []
         self._flush_handle: asyncio.Handle | None = None
         self._stated: dict[str, str] = {}
@@ -293,6 +298,8 @@ class SharedBudgets:
         """One admission by the limiter; raises :class:`SendingStopped` once the run sends nothing new."""
         if self.stopped is not None:
             raise SendingStopped(self.stopped)
+        if self._lost():
+            raise SendingStopped(NODE_LOST)
         self.flush()  # what happened before this request reaches the limiter before it
         ref = self._limiter.admit.remote(input_tokens, max_tokens)
         try:
@@ -305,6 +312,11 @@ class SharedBudgets:
         if isinstance(granted, str):
             self.stopped = granted
             raise SendingStopped(granted)
+        if self._lost():
+            # Every row of a batch is queued at the client's slots long before its turn: one admitted
+            # after its node was lost would be paid here and again where Ray runs the batch anew.
+            self.release(granted)
+            raise SendingStopped(NODE_LOST)
         return granted
 
     def learn(self, headers: Mapping[str, str]) -> None:

@@ -139,7 +139,8 @@ class Sending:
         self.plan = plan
         self.request = plan.spec.request
         self.fingerprint = self.request.fingerprint()
-        self.budgets = SharedBudgets(plan.limiter)
+        self._raylet = os.getppid()  # a Ray worker is its raylet's child
+        self.budgets = SharedBudgets(plan.limiter, lost=lambda: self.node_lost)
         self.client: MessagesClient | None = None
         self.journal: JournalWriter | None = None
         self.fatal: FatalReport | None = None
@@ -155,7 +156,6 @@ class Sending:
         self._ending = False
         self._uploader: asyncio.Task[None] | None = None
         self._uploading: asyncio.Lock | None = None
-        self._raylet = os.getppid()  # a Ray worker is its raylet's child
 
     async def open(self) -> None:
         """Inside the actor's loop: the executor that prepares images, the client, the journal."""

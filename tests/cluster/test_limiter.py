@@ -49,11 +49,17 @@ def settings(**limits: Any) -> LimiterSettings:
     return LimiterSettings(**{**values, **limits}, concurrency=8, slow_start=False)
 
 
-def worker(limiter: Handle, transport: httpx.AsyncBaseTransport, **options: Any) -> MessagesClient:
+def worker(
+    limiter: Handle,
+    transport: httpx.AsyncBaseTransport,
+    lost: Callable[[], bool] = lambda: False,
+    concurrency: int = 8,
+    **options: Any,
+) -> MessagesClient:
     """One worker's client, admitted by the shared limiter (as sender.Sending makes it)."""
-    budgets = SharedBudgets(limiter)
+    budgets = SharedBudgets(limiter, lost=lost)
     client = MessagesClient(
-        ClientConfig(base_url="http://api.test", api_key=KEY, max_attempts=3),
+        ClientConfig(base_url="http://api.test", api_key=KEY, max_attempts=3, concurrency=concurrency),
         transport=transport,
         limits=budgets,
         gate=SharedGate(budgets),
@@ -140,6 +146,39 @@ async def test_a_stopped_limiter_sends_nothing_more() -> None:
 
 def result(row_id: str) -> Result:
     return Result(row=Row(0, row_id, {}), status="ok", finished_at=datetime.now(UTC), fingerprint="f")
+
+
+async def test_requests_queued_on_a_lost_node_are_never_sent() -> None:
+    """One request in flight and three queued behind it when the node is lost: only that one is paid.
+
+    A sender queues a whole batch at its client's slots; Ray runs the batch again elsewhere, so any
+    row admitted here after the loss would be paid twice.
+    """
+    sent: list[str] = []
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["messages"][0]["content"])
+        arrived.set()
+        await answer.wait()
+        return await reply()(request)
+
+    node_lost = False
+    limiter = Handle(Limiter(settings()))
+    client = worker(limiter, httpx.MockTransport(ScriptedApi(handler)), lost=lambda: node_lost, concurrency=1)
+    async with client:
+        sends = [asyncio.create_task(client.send(payload(f"row {i}"), input_tokens=1)) for i in range(4)]
+        await arrived.wait()
+        node_lost = True
+        answer.set()
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert sent == ["row 0"]
+    assert not isinstance(outcomes[0], BaseException)  # the request in flight ends (and is journalled)
+    assert all(isinstance(outcome, SendingStopped) for outcome in outcomes[1:])
+    await settle()
+    stats = await limiter.stats.remote()
+    assert stats.in_flight == 0  # an admission refused after the loss gave its reservation back
+    assert stats.requests == 1
 
 
 async def test_identical_requests_wait_for_their_leader_wherever_it_is() -> None:
