@@ -198,6 +198,8 @@ def run(
         decided=sent,
         max_error_rate=max_error_rate,
     )
+    if outcome.unanswered and code == EXIT_OK:
+        code = EXIT_ROW_ERRORS
     results = results_location(outcome.output)
     click.echo(summary_text(summary, output=results), err=True)
     if as_json:
@@ -208,6 +210,12 @@ def run(
         click.echo(
             f"pipeline: stopped by {outcome.interrupted}: {sent} rows answered this run are saved"
             f" in {results}; rerun to continue",
+            err=True,
+        )
+    if outcome.unanswered:
+        click.echo(
+            f"pipeline: error: {outcome.unanswered} rows came back from the cluster without a result;"
+            f" the {sent} answered are saved in {results}; rerun to send the rest",
             err=True,
         )
     sys.exit(code)

@@ -163,6 +163,7 @@ class _ClusterRun:
         self.storage = storage
         self.started = started
         self.tally = RunTally()
+        self.expected = 0  # rows this run has to send (its input less the rows already settled)
         self.stats: LimiterStats | None = None
         self.fatal: FatalApiError | None = None
         self.stopped_by: PipelineError | None = None
@@ -193,6 +194,7 @@ class _ClusterRun:
         pieces, total = plan_reads(table, options.limit, self.storage)
         settled = store.settled(request, options.retry, sandbox_answers=is_loopback(options.base_url))
         self.tally.to_do = max(0, total - len(settled))  # the progress's total; exact as rows come back
+        self.expected = self.tally.to_do
         key, key_env = key_source(
             spec.api.api_key_env, options.api_key, local=starts_local(self.cluster.address)
         )
@@ -418,7 +420,22 @@ class _ClusterRun:
             results_rows=results_rows,
             fatal=self.fatal,
             interrupted=self.shutdown.signal_name,
+            unanswered=unanswered(
+                self.expected,
+                tally,
+                stopped=self.fatal is not None or self.aborted or self.shutdown.signal_name is not None,
+            ),
         )
+
+
+def unanswered(expected: int, tally: ResultTally, *, stopped: bool) -> int:
+    """Rows a run had to send (``expected``) that have no result in its journals, when nothing stopped it.
+
+    Ray Data takes a batch that returns as done; a sender that returned one short (a bug like the
+    one a lost node once caused) would leave rows without a result in a run that says it succeeded.
+    Counting them turns any such gap into a non-zero exit, and a rerun sends exactly those rows.
+    """
+    return 0 if stopped else max(0, expected - (tally.ok + tally.error))
 
 
 def _block_rows(to_do: int, workers: int, concurrency: int) -> int:

@@ -79,6 +79,9 @@ class RunOutcome:
     results_rows: int
     fatal: FatalApiError | None = None
     interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped the run
+    # rows this run had to send that have no result although it was not stopped: only a cluster run,
+    # where a lost worker's batch could come back short, can have any (a safety net, never expected)
+    unanswered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
