@@ -28,7 +28,12 @@ from jobkit import FAKE_KEY, image_bytes, invoke, text_job, write_job
 from pipeline.results.store import ResultStore
 from pipeline.sandbox import SandboxConfig, SandboxHandle, running_sandbox
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+# one Ray cluster at a time: both modules' tests run in one test process, one module after the other
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.xdist_group("ray"),
+]
 
 # what differs between two runs of the same rows whichever engine sends them
 RUN_COLUMNS = ["finished_at", "latency_ms", "message_id", "request_id"]

@@ -25,7 +25,12 @@ from jobkit import FAKE_KEY, invoke, text_job
 from pipeline.sandbox import SandboxConfig, SandboxHandle, running_sandbox
 from storagekit import Bucket, MotoServer, new_bucket, storage_env
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+# one Ray cluster at a time: both modules' tests run in one test process, one module after the other
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.xdist_group("ray"),
+]
 
 RUN_COLUMNS = ["finished_at", "latency_ms", "message_id", "request_id"]
 
