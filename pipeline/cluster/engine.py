@@ -36,12 +36,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from pipeline.api.config import ClientConfig, is_loopback
 from pipeline.api.models import checked_job
 from pipeline.catalog.prices import describe_price, price_for
+from pipeline.cluster.ending import (
+    STOP_WAIT_S,
+    UPLOAD_WAIT_S,
+    await_uploads,
+    journal_tally,
+    stop_senders,
+    unanswered,
+)
 from pipeline.cluster.limiter import LimiterSettings, LimiterStats, create_limiter
 from pipeline.cluster.output import output_target
 from pipeline.cluster.registry import create_registry
@@ -56,7 +63,6 @@ from pipeline.payloads.prepare import open_job_input
 from pipeline.payloads.tokens import cache_shortfall
 from pipeline.realtime.run import RunOptions, RunOutcome
 from pipeline.records import Summary, Usage
-from pipeline.results.journal import iter_journal
 from pipeline.results.outputs import cache_folder, is_remote_output, open_output
 from pipeline.results.progress import Limits as ProgressLimits
 from pipeline.results.progress import Progress
@@ -72,19 +78,7 @@ log = logging.getLogger("pipeline.run")
 STATS_EVERY_S = 0.5
 CALLS_PER_SENDER = 2  # tasks (blocks) a sender holds at once: one sending while the next is prepared
 BATCHES_PER_BLOCK = 4  # Ray Data runs up to 4 batches of one task at once in an async sender
-STOP_WAIT_S = 30.0  # how long the driver waits for an answer of Ray's at the end
-UPLOAD_WAIT_S = 120.0  # how long the driver waits for the senders' last segments at the end
 ABORT_WAIT_S = 5.0  # after an abort, how long the driver waits for the dataset to notice
-SUMMARY_COLUMNS = (
-    "row_id",
-    "status",
-    "error_type",
-    "shared_request_with",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +205,7 @@ class _ClusterRun:
                 assert isinstance(store, ObjectResultStore)
                 store.refresh()  # the senders' segments, from the bucket (and any a killed sender left here)
             journals = store.journals()
-            tally = _journal_tally(journals)
+            tally = journal_tally(journals)
             results_rows = store.compact()
             if self.stopped_by is None:
                 store.ensure_results(schema)
@@ -381,8 +375,8 @@ class _ClusterRun:
                     logging.CRITICAL
                 )  # it reports the senders killed below
             if self._registry is not None:
-                _await_uploads(self._registry, ABORT_WAIT_S if self.aborted else UPLOAD_WAIT_S)
-                _stop_senders(self._registry)
+                await_uploads(self._registry, ABORT_WAIT_S if self.aborted else UPLOAD_WAIT_S)
+                stop_senders(self._registry)
             self._consumed.wait(ABORT_WAIT_S if self.aborted else STOP_WAIT_S)
             if self._limiter is not None:
                 with contextlib.suppress(Exception):
@@ -428,105 +422,10 @@ class _ClusterRun:
         )
 
 
-def unanswered(expected: int, tally: ResultTally, *, stopped: bool) -> int:
-    """Rows a run had to send (``expected``) that have no result in its journals, when nothing stopped it.
-
-    Ray Data takes a batch that returns as done; a sender that returned one short (a bug like the
-    one a lost node once caused) would leave rows without a result in a run that says it succeeded.
-    Counting them turns any such gap into a non-zero exit, and a rerun sends exactly those rows.
-    """
-    return 0 if stopped else max(0, expected - (tally.ok + tally.error))
-
-
 def _block_rows(to_do: int, workers: int, concurrency: int) -> int:
     """Rows to send per block: a block is one sender's task, so a small input still reaches every sender."""
     rows = min(MAX_BLOCK_ROWS, concurrency * BATCHES_PER_BLOCK)
     return max(1, min(rows, math.ceil(to_do / workers))) if to_do else rows
-
-
-def _await_uploads(registry: Any, wait_s: float) -> None:
-    """End the run for the senders, and wait until those journalling to object storage uploaded it all."""
-    import ray
-
-    deadline = time.monotonic() + wait_s
-    with contextlib.suppress(Exception):
-        ray.get(registry.end.remote(), timeout=STOP_WAIT_S)
-        checked = 0.0
-        while time.monotonic() < deadline:
-            waiting = ray.get(registry.not_uploaded.remote(), timeout=STOP_WAIT_S)
-            if not waiting:
-                return
-            if time.monotonic() - checked > 1.0:
-                checked = time.monotonic()
-                for name, actor in waiting:
-                    if not _alive(name, actor):
-                        registry.gone.remote(name)
-            time.sleep(0.1)
-        log.warning(
-            "%d senders did not upload their last journal segments in time; a later run folds in"
-            " what they left",
-            len(waiting),
-        )
-
-
-def _alive(name: str, actor: Any) -> bool:
-    """Whether the sender named ``name`` (``<node>-<pid>``) still runs: its actor answers, from that pid."""
-    import ray
-
-    try:
-        pid = ray.get(actor.__ray_call__.remote(_pid), timeout=5.0)
-    except Exception:  # noqa: BLE001  (dead, or not answering: either way it uploads nothing more)
-        return False
-    return name.endswith(f"-{pid}")
-
-
-def _pid(_: object) -> int:
-    return os.getpid()
-
-
-def _stop_senders(registry: Any) -> None:
-    """Kill every sender that enlisted and wait until each is gone (a killed actor answers nothing more)."""
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError
-
-    try:
-        senders = ray.get(registry.senders.remote(), timeout=STOP_WAIT_S)
-    except (GetTimeoutError, RayActorError):
-        return
-    for sender in senders:
-        with contextlib.suppress(Exception):
-            ray.kill(sender, no_restart=True)
-    for sender in senders:
-        with contextlib.suppress(GetTimeoutError, RayActorError, Exception):
-            ray.get(sender.__ray_ready__.remote(), timeout=STOP_WAIT_S)
-
-
-def _journal_tally(journals: list[Path]) -> ResultTally:
-    """What this run recorded, from its journals (all of them are this run's): each row's latest result."""
-    frames = []
-    for path in journals:
-        for batch in iter_journal(path):
-            names = [name for name in SUMMARY_COLUMNS if name in batch.schema.names]
-            frame = pl.from_arrow(batch.select(names))
-            assert isinstance(frame, pl.DataFrame)
-            frames.append(frame)
-    tally = ResultTally()
-    if not frames:
-        return tally
-    results = pl.concat(frames, how="diagonal_relaxed").unique(
-        subset="row_id", keep="last", maintain_order=True
-    )
-    for row in results.iter_rows(named=True):
-        usage = Usage(
-            row["input_tokens"] or 0,
-            row["output_tokens"] or 0,
-            row["cache_creation_input_tokens"] or 0,
-            row["cache_read_input_tokens"] or 0,
-        )
-        tally.add_outcome(
-            row["status"], row["error_type"], shared=row["shared_request_with"] is not None, usage=usage
-        )
-    return tally
 
 
 def _pipeline_error(error: BaseException) -> PipelineError:

@@ -14,7 +14,7 @@ import pytest
 
 import pipeline.cluster.engine as engine
 from jobkit import invoke, text_job
-from pipeline.cluster.engine import unanswered
+from pipeline.cluster.ending import unanswered
 from pipeline.realtime.run import RunOutcome
 from pipeline.records import Summary
 from pipeline.results.summary import ResultTally
