@@ -1,8 +1,9 @@
 """Reads the input lazily, whatever it is and wherever it lives, and hands out its rows.
 
-Owns: finding what the job's ``input`` names (a path, a glob, brace ranges, an ``s3://``, ``gs://``
-or ``az://`` URL or glob), telling its kind from the files matched (tables: :mod:`~pipeline.rows.tables`;
-image files: :mod:`~pipeline.rows.folder`; WebDataset shards: :mod:`~pipeline.rows.webdataset`),
+Owns: opening what the job's ``input`` names (a path, a glob, brace ranges, an ``s3://``, ``gs://``
+or ``az://`` URL or glob; matched by :mod:`~pipeline.rows.matching`) by its kind (tables:
+:mod:`~pipeline.rows.tables`; image files: :mod:`~pipeline.rows.folder`; WebDataset shards:
+:mod:`~pipeline.rows.webdataset`),
 checking the columns the job needs (present, and of a usable type), stable row ids, and handing out
 rows in bounded batches (memory does not grow with the input). A table held in Python is opened by
 :mod:`~pipeline.rows.memory` through the same checks (:func:`checked_table`). Knows nothing about the API.
@@ -16,10 +17,8 @@ of the cells that feed the request). Media cells that hold bytes are recorded as
 from __future__ import annotations
 
 import difflib
-import glob
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,15 +31,14 @@ from pipeline.errors import InputError
 from pipeline.records import Row
 from pipeline.rows import folder, webdataset
 from pipeline.rows.cells import holds_bytes, media_type_problem, recorded_dtype, recorded_value
+from pipeline.rows.matching import find_files, input_kind, list_remote
 from pipeline.rows.storage import ObjectStorage, ObjectStoreError, ObjectUrl, is_object_url
 from pipeline.rows.tables import (
     SOURCE_COLUMN,
-    TABLE_SUFFIXES,
     check_file,
     describe,
     explain,
     scan_table,
-    suffix_of,
 )
 
 # rows per batch read from a table; a table whose media cells hold bytes reads fewer at a time
@@ -56,7 +54,6 @@ __all__ = [
     "checked_table",
     "count_rows",
     "file_table",
-    "find_files",
     "iter_rows",
     "media_of",
     "open_input",
@@ -116,21 +113,6 @@ class SourcedRow:
     media_bytes: int = 0
 
 
-def find_files(pattern: str) -> tuple[Path, ...]:
-    """The local files a path or glob names, sorted; InputError when there are none."""
-    if glob.has_magic(pattern):
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not files:
-            raise InputError(f"no input files match {pattern}")
-        return tuple(files)
-    path = Path(pattern)
-    if not path.exists():
-        raise InputError(f"input file not found: {path}")
-    if path.is_dir():
-        raise InputError(f"input is a directory, not a file: {path} (use a glob such as {path}/*.csv)")
-    return (path,)
-
-
 def open_input(
     pattern: str,
     *,
@@ -153,11 +135,11 @@ def open_input(
     remote = any(is_object_url(item) for item in patterns)
     if remote:
         storage = storage or ObjectStorage()
-        objects = [info for item in patterns for info in _list_remote(item, storage)]
+        objects = [info for item in patterns for info in list_remote(item, storage)]
         files: tuple[Path | str, ...] = tuple(info.url for info in objects)
     else:
         files = tuple(path for item in patterns for path in find_files(item))
-    kind = _kind(files)
+    kind = input_kind(files)
     if kind == "images":
         found = (
             folder.remote_folder(patterns[0], objects) if remote else folder.local_folder(patterns[0], files)  # type: ignore[arg-type]
@@ -190,88 +172,6 @@ def open_input(
 def media_of(needed: Mapping[str, str]) -> list[str]:
     """The columns ``needed`` says ``request.images`` or ``request.documents`` use."""
     return [name for name, user in needed.items() if "request.images" in user or "request.documents" in user]
-
-
-def _list_remote(pattern: str, storage: ObjectStorage) -> list[Any]:
-    """The objects an object-storage URL or glob names, sorted; InputError when there are none."""
-    try:
-        parsed = ObjectUrl.parse(pattern)
-        if not any(glob.has_magic(part) for part in parsed.key.split("/")):
-            if parsed.key.endswith("/") or not parsed.key:
-                raise InputError(
-                    f"input is a folder, not an object: {pattern} (use a glob such as"
-                    f" {pattern.rstrip('/')}/*.parquet)"
-                )
-            try:
-                return [storage.head(pattern)]
-            except ObjectStoreError as exc:
-                raise InputError(
-                    f"input not found: {pattern}" if "not found" in str(exc) else str(exc)
-                ) from None
-        prefix = folder.fixed_prefix(parsed.key)
-        matcher = _glob_regex(parsed.key)
-        listed = storage.list(str(ObjectUrl(parsed.scheme, parsed.bucket, prefix)))
-    except ObjectStoreError as exc:
-        raise InputError(f"cannot list {pattern}: {exc}") from None
-    except ValueError as exc:
-        raise InputError(f"input {pattern!r}: {exc}") from None
-    found = [info for info in listed if matcher.fullmatch(ObjectUrl.parse(info.url).key)]
-    if not found:
-        raise InputError(f"no input files match {pattern}")
-    return found
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob as a regular expression on keys: ``*`` and ``?`` stay within a folder, ``**`` crosses them."""
-    out, i = [], 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(char))
-            else:
-                body = pattern[i + 1 : end]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = end
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return re.compile("".join(out))
-
-
-def _kind(files: Sequence[Path | str]) -> str:
-    """``tables``, ``images`` or ``webdataset`` from what was matched; InputError for a mix or the unknown."""
-    kinds: set[str] = set()
-    for item in files:
-        name = str(item)
-        suffix = suffix_of(name)
-        if suffix in TABLE_SUFFIXES:
-            kinds.add("tables")
-        elif suffix in folder.IMAGE_SUFFIXES:
-            kinds.add("images")
-        elif webdataset.is_shard(name):
-            kinds.add("webdataset")
-        else:
-            scan_table(name)  # raises the "unsupported input format" error
-    if len(kinds) > 1:
-        raise InputError(
-            f"{describe(files)}: the input mixes {' and '.join(sorted(kinds))}; name one kind"
-            " (a narrower glob)"
-        )
-    return kinds.pop()
 
 
 def _open_shards(
