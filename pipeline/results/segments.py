@@ -149,6 +149,9 @@ class SegmentedJournal(Journal):
         self._timer: asyncio.TimerHandle | None = None
         self._segment_failure: OutputError | None = None
         self.segments = 0  # segments closed so far
+        # after a rotation the next segment's file waits for the next append: a process killed after
+        # its last upload (a Ray sender, once the run is over) leaves no empty segment behind
+        self._writing = True
         super().__init__(self._next_path(), schema)
 
     def _next_path(self) -> Path:
@@ -160,6 +163,13 @@ class SegmentedJournal(Journal):
         self.guard()
         if self._segment_failure is not None:
             raise self._segment_failure
+        if not results:
+            return
+        if not self._writing:
+            rows = self.rows_written
+            Journal.__init__(self, self._next_path(), self.schema)
+            self.rows_written = rows
+            self._writing = True
         super().append(results)
         self._in_segment += len(results)
         if self._in_segment >= self.every_rows:
@@ -182,13 +192,11 @@ class SegmentedJournal(Journal):
             self._timer = None
         if not self._in_segment:
             return
-        rows = self.rows_written
         Journal.close(self)
         self.uploader.submit(self.path)
         self.segments += 1
         self._in_segment = 0
-        Journal.__init__(self, self._next_path(), self.schema)
-        self.rows_written = rows
+        self._writing = False
 
     def sync(self) -> None:
         """Nothing to do after ``close``: every segment is in the bucket by then."""
@@ -203,17 +211,19 @@ class SegmentedJournal(Journal):
             self._timer.cancel()
             self._timer = None
         failure = self._segment_failure
-        try:
-            Journal.close(self)
-        except OutputError as exc:
-            failure = failure or exc
-        if self._in_segment:
-            self.uploader.submit(self.path)
-            self.segments += 1
-            self._in_segment = 0
-        else:
-            with contextlib.suppress(OSError):
-                self.path.unlink()  # an empty segment: nothing to keep
+        if self._writing:
+            try:
+                Journal.close(self)
+            except OutputError as exc:
+                failure = failure or exc
+            if self._in_segment:
+                self.uploader.submit(self.path)
+                self.segments += 1
+                self._in_segment = 0
+            else:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()  # an empty segment: nothing to keep
+            self._writing = False
         stuck = self.uploader.drain()
         if stuck and failure is None:
             failure = OutputError(

@@ -292,3 +292,42 @@ def test_report_makes_thumbnails_of_object_storage_cells(s3: Bucket, tmp_path: P
     report = invoke(["report", s3.url("runs/job"), "--out", str(tmp_path / "r.html")])
     assert report.exit_code == 0, report.output
     assert "3 rows, 3 thumbnails;" in report.output
+
+
+def test_a_journal_uploaded_to_its_last_result_leaves_no_file_behind(s3: Bucket, tmp_path: Path) -> None:
+    """After a segment is rotated and uploaded, the staging folder is empty until a result comes: a
+    process killed then (a Ray sender at the end of a run) leaves nothing for a later run to upload."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from pipeline.cluster.output import ObjectTarget
+    from pipeline.job.spec import StorageSpec
+    from pipeline.records import Result, Row
+    from pipeline.results.schema import output_schema
+
+    spec = StorageSpec(staging_dir=str(tmp_path / "staging"))
+    schema = output_schema(pa.schema([pa.field("id", pa.string())]))
+    journal = ObjectTarget(s3.url("runs/seg"), spec).open_journal(schema, writer="w-1")
+
+    def result(i: int) -> Result:
+        return Result(
+            row=Row(i, str(i), {"id": str(i)}), status="ok", finished_at=datetime.now(UTC), fingerprint="f"
+        )
+
+    def staged() -> list[str]:
+        return sorted(path.name for path in (tmp_path / "staging").rglob("*.arrows"))
+
+    journal.append([result(0), result(1)])
+    journal.flush()
+    assert len(staged()) == 1
+    journal.rotate()
+    journal.upload()
+    assert staged() == []  # uploaded, and no empty next segment waiting
+    journal.append([result(2)])
+    journal.flush()
+    assert len(staged()) == 1
+    journal.close()
+    assert staged() == []
+    segments = [key for key in s3.keys("runs/seg/") if "/.journal/" in key]
+    assert len(segments) == 2
