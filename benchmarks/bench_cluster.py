@@ -1,6 +1,6 @@
 """Target 7, the Ray engine: one shared rate limit over several workers, and image preparation per worker.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--quick]
+    .venv/bin/python benchmarks/bench_cluster.py [--quick] [--only rates|images]
 
 Needs the ``ray`` extra. Starts a two-node Ray cluster on this machine (loopback only, token auth,
 one logical CPU per node, as many as the cores; ``tests/raykit.py``), then runs ``pipeline run`` as
@@ -53,6 +53,7 @@ RATE_WORKERS = (2, 4)
 IMAGE_WORKERS = (1, 2, 4)
 PHOTOS = 8
 PHOTO_SIZE = (4000, 3000)
+PARTS = frozenset({"rates", "images"})
 
 
 @contextlib.contextmanager
@@ -62,17 +63,20 @@ def cluster() -> Iterator[str]:
         yield str(two_nodes.address)
 
 
-def run(workdir: Path, *, quick: bool) -> list[Figure]:
+def run(workdir: Path, *, quick: bool, parts: frozenset[str] = PARTS) -> list[Figure]:
     duration = 30.0 if quick else 120.0
     figures: list[Figure] = []
     log("target 7: starting a two-node Ray cluster on loopback")
     with cluster() as address:
-        log(f"target 7: requests-bound runs, {RPM}/min, {duration:.0f} s each")
-        local = _rate_run(workdir / "rate-local", duration, ())
-        figures += _rate_figures(("7a", "7b"), "local engine", local, duration)
-        for n, keys in zip(RATE_WORKERS, (("7c", "7d"), ("7e", "7f")), strict=True):
-            ray = _rate_run(workdir / f"rate-ray-{n}", duration, _ray(address, n))
-            figures += _rate_figures(keys, f"Ray, {n} workers", ray, duration)
+        if "rates" in parts:
+            log(f"target 7: requests-bound runs, {RPM}/min, {duration:.0f} s each")
+            local = _rate_run(workdir / "rate-local", duration, ())
+            figures += _rate_figures(("7a", "7b"), "local engine", local, duration)
+            for n, keys in zip(RATE_WORKERS, (("7c", "7d"), ("7e", "7f")), strict=True):
+                ray = _rate_run(workdir / f"rate-ray-{n}", duration, _ray(address, n))
+                figures += _rate_figures(keys, f"Ray, {n} workers", ray, duration)
+        if "images" not in parts:
+            return figures
 
         rows = 40 if quick else 160
         log(f"target 7: image preparation, {rows} rows of {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs")
@@ -179,9 +183,12 @@ def _images_per_s(directory: Path, rows: int, run_args: tuple[str, ...]) -> tupl
 
 
 def main() -> None:
-    args = bench_parser(__doc__, "30 s rate runs and 40 image rows").parse_args()
+    parser = bench_parser(__doc__, "30 s rate runs and 40 image rows")
+    parser.add_argument("--only", choices=sorted(PARTS), help="run only the rate or only the image part")
+    args = parser.parse_args()
+    parts = frozenset({args.only}) if args.only else PARTS
     with work_directory(args.workdir) as workdir:
-        finish(run(workdir, quick=args.quick), args.json_out)
+        finish(run(workdir, quick=args.quick, parts=parts), args.json_out)
 
 
 if __name__ == "__main__":
