@@ -170,7 +170,8 @@ def _images_per_s(directory: Path, rows: int, run_args: tuple[str, ...]) -> tupl
     directory.mkdir(parents=True, exist_ok=True)
     pictures = write_pictures(directory.parent / "photos", PHOTOS, PHOTO_SIZE)
     write_image_rows(directory / "in.csv", rows, [f"../photos/{name}" for name in pictures])
-    job = write_job(directory, images=True)  # 16 tokens would cut the sandbox's caption: a max_tokens error row
+    # the default max_tokens: 16 would cut the sandbox's caption, a max_tokens error row
+    job = write_job(directory, images=True)
     with Sandbox() as box:
         done = run_to_end(job, box.base_url, *run_args, timeout_s=900)
         load = os.getloadavg()[0]
