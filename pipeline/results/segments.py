@@ -149,10 +149,17 @@ class SegmentedJournal(Journal):
         self._timer: asyncio.TimerHandle | None = None
         self._segment_failure: OutputError | None = None
         self.segments = 0  # segments closed so far
-        # after a rotation the next segment's file waits for the next append: a process killed after
-        # its last upload (a Ray sender, once the run is over) leaves no empty segment behind
-        self._writing = True
-        super().__init__(self._next_path(), schema)
+        # A segment's file is made by its first result, not before: a process killed with nothing
+        # to add since its last upload (a Ray sender once the run is over, or one that was given
+        # only settled rows) leaves no empty segment behind for a later run to upload.
+        self._writing = False
+        self.schema = schema
+        self.rows_written = 0
+        self._pending = []
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write {directory}: {exc.strerror or exc}") from None
 
     def _next_path(self) -> Path:
         self._sequence += 1

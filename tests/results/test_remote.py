@@ -331,3 +331,22 @@ def test_a_journal_uploaded_to_its_last_result_leaves_no_file_behind(s3: Bucket,
     assert staged() == []
     segments = [key for key in s3.keys("runs/seg/") if "/.journal/" in key]
     assert len(segments) == 2
+
+
+def test_a_journal_that_never_records_leaves_no_file(s3: Bucket, tmp_path: Path) -> None:
+    """A sender given only settled rows opens its journal and records nothing: no segment is made."""
+    import pyarrow as pa
+
+    from pipeline.cluster.output import ObjectTarget
+    from pipeline.job.spec import StorageSpec
+    from pipeline.results.schema import output_schema
+
+    spec = StorageSpec(staging_dir=str(tmp_path / "staging"))
+    schema = output_schema(pa.schema([pa.field("id", pa.string())]))
+    journal = ObjectTarget(s3.url("runs/none"), spec).open_journal(schema, writer="w-2")
+    journal.append([])
+    journal.flush()
+    journal.rotate()
+    assert list((tmp_path / "staging").rglob("*.arrows")) == []
+    journal.close()
+    assert [key for key in s3.keys("runs/none/") if "/.journal/" in key] == []
