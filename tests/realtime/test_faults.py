@@ -23,7 +23,10 @@ from pipeline.sandbox import SandboxConfig, running_sandbox
 def test_each_fault_kind_is_retried_to_success(tmp_path: Path, kind: str) -> None:
     """With 30 % faults of one kind, every row still ends ok and the retries match the faults served."""
     job = text_job(tmp_path, rows=20, stream=kind == "stream_error")
-    job.write_text(job.read_text().replace("timeout_s = 5", "timeout_s = 1"))
+    # which row draws which fault can follow arrival order: 12 attempts, so that no row runs out
+    # (with 6, a row faulting six times in a row came to about 1.5 % of runs: 0.3**6 x 20 rows)
+    text = job.read_text().replace("timeout_s = 5", "timeout_s = 1")
+    job.write_text(text.replace("max_attempts = 6", "max_attempts = 12"))
     config = SandboxConfig(fault_rate=0.3, faults=(kind,), seed=7, slow_s=3.0)
     with running_sandbox(config) as sandbox:
         result = invoke(["run", str(job), "--base-url", sandbox.base_url, "--json"])
