@@ -149,10 +149,9 @@ class SegmentedJournal(Journal):
         self._timer: asyncio.TimerHandle | None = None
         self._segment_failure: OutputError | None = None
         self.segments = 0  # segments closed so far
-        # A segment's file is made by its first result, not before: a process killed with nothing
-        # to add since its last upload (a Ray sender once the run is over, or one that was given
-        # only settled rows) leaves no empty segment behind for a later run to upload.
-        self._writing = False
+        # A segment's file is made by its first result, not before (so a segment is open exactly
+        # while it holds results): a process killed with nothing to add since its last upload (a Ray
+        # sender once the run is over, or one given only settled rows) leaves no empty file behind.
         self.schema = schema
         self.rows_written = 0
         self._pending = []
@@ -172,11 +171,10 @@ class SegmentedJournal(Journal):
             raise self._segment_failure
         if not results:
             return
-        if not self._writing:
+        if not self._in_segment:
             rows = self.rows_written
             Journal.__init__(self, self._next_path(), self.schema)
             self.rows_written = rows
-            self._writing = True
         super().append(results)
         self._in_segment += len(results)
         if self._in_segment >= self.every_rows:
@@ -203,7 +201,6 @@ class SegmentedJournal(Journal):
         self.uploader.submit(self.path)
         self.segments += 1
         self._in_segment = 0
-        self._writing = False
 
     def sync(self) -> None:
         """Nothing to do after ``close``: every segment is in the bucket by then."""
@@ -218,19 +215,14 @@ class SegmentedJournal(Journal):
             self._timer.cancel()
             self._timer = None
         failure = self._segment_failure
-        if self._writing:
+        if self._in_segment:
             try:
                 Journal.close(self)
             except OutputError as exc:
                 failure = failure or exc
-            if self._in_segment:
-                self.uploader.submit(self.path)
-                self.segments += 1
-                self._in_segment = 0
-            else:
-                with contextlib.suppress(OSError):
-                    self.path.unlink()  # an empty segment: nothing to keep
-            self._writing = False
+            self.uploader.submit(self.path)
+            self.segments += 1
+            self._in_segment = 0
         stuck = self.uploader.drain()
         if stuck and failure is None:
             failure = OutputError(
