@@ -42,12 +42,7 @@ POLICY = ImagePolicy(max_edge=EDGE)
 
 def plain(data: bytes) -> bytes:
     """What a script without the pipeline would do: decode everything, convert, thumbnail, save."""
-    with Image.open(io.BytesIO(data)) as opened:
-        img = opened.convert("RGB")
-    img.thumbnail((EDGE, EDGE))
-    buffer = io.BytesIO()
-    img.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
+    return plain_to(data, EDGE)
 
 
 def prepared(data: bytes) -> bytes:
